@@ -1,0 +1,41 @@
+# avminer — the two things a newcomer runs:
+#   make run    mine the bundled sample drive with the starter model (embedded mode: no broker)
+#   make test   the test suite (starts its own Kafka-protocol broker and S3 server)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv run demo test test-fast lint typecheck clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/avminer mine
+
+demo: $(STAMP)
+	$(BIN)/avminer demo
+
+# Full suite, slow tests included (crash loops, backlogs): what CI runs.
+test: $(STAMP)
+	$(BIN)/python -m pytest --runslow -q
+
+# Without the slow tests, for the edit-test loop.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check avminer tests tools
+	$(BIN)/ruff format --check avminer tests tools || true
+
+typecheck: $(STAMP)
+	$(BIN)/mypy avminer
+
+clean:
+	rm -rf $(VENV) avminer-out avminer-train .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""``avminer bench ...``: commands that measure and print figures (``--json``: one JSON object)."""

@@ -1,0 +1,469 @@
+"""The one typed settings object for every avminer process.
+
+Built in one place — :func:`load_settings` — from, in increasing precedence: the defaults declared
+below, one YAML file (``yaml.safe_load``), and ``AVMINER_*`` environment variables. Environment keys
+name a field by its dotted path with ``__`` between levels: ``AVMINER_KAFKA__BOOTSTRAP_SERVERS``,
+``AVMINER_SELECTION__TARGET_RATE``. This is the only module that reads the environment.
+
+Every field is documented where it is declared (``metadata={"help": ...}``); ``avminer config show``
+prints them. Secrets are :class:`Secret` values and never printed.
+
+A bad value raises :class:`~avminer.errors.ConfigError` naming the field, e.g.
+``selection.target_rate: must be in (0, 1], got 2.0``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from avminer.errors import ConfigError
+
+ENV_PREFIX = "AVMINER_"
+
+
+class Secret:
+    """A string that is never shown in reprs, logs or ``as_dict`` output."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        """Return the plaintext value (only where it is handed to a client library)."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class KafkaSettings:
+    bootstrap_servers: str | None = field(
+        default=None,
+        metadata=_help("Comma-separated host:port list. Unset means embedded mode (drive log in, local dir out)."),
+    )
+    group_id: str = field(default="avminer-miners", metadata=_help("Consumer group shared by all miners."))
+    client_id: str = field(default="avminer", metadata=_help("Kafka client id prefix."))
+    security_protocol: str = field(
+        default="PLAINTEXT", metadata=_help("PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (passed to kafka-python).")
+    )
+    sasl_mechanism: str | None = field(default=None, metadata=_help("PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, ..."))
+    sasl_plain_username: str | None = field(default=None, metadata=_help("SASL username."))
+    sasl_plain_password: Secret | None = field(default=None, metadata=_help("SASL password (secret)."))
+    ssl_cafile: str | None = field(default=None, metadata=_help("CA bundle for TLS."))
+    ssl_certfile: str | None = field(default=None, metadata=_help("Client certificate for mutual TLS."))
+    ssl_keyfile: str | None = field(default=None, metadata=_help("Client key for mutual TLS."))
+    max_poll_interval_ms: int = field(
+        default=10000,
+        metadata=_help(
+            "Rebalance timeout. The poll thread never blocks on inference, so this can stay short;"
+            " short values also make group joins fast."
+        ),
+    )
+    session_timeout_ms: int = field(default=10000, metadata=_help("Group session timeout."))
+    heartbeat_interval_ms: int = field(default=3000, metadata=_help("Group heartbeat interval."))
+    max_poll_records: int = field(default=500, metadata=_help("Records fetched per poll."))
+    extra: dict[str, Any] = field(
+        default_factory=dict, metadata=_help("Any other kafka-python client settings, passed through as-is.")
+    )
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Connection and security settings for any kafka-python client (plaintext secrets)."""
+        if not self.bootstrap_servers:
+            raise ConfigError("is not set; a Kafka client needs a broker", "kafka.bootstrap_servers")
+        kw: dict[str, Any] = {
+            "bootstrap_servers": [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()],
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+        }
+        for name in ("sasl_mechanism", "sasl_plain_username", "ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            value = getattr(self, name)
+            if value is not None:
+                kw[name] = value
+        if self.sasl_plain_password is not None:
+            kw["sasl_plain_password"] = self.sasl_plain_password.get()
+        kw.update(self.extra)
+        return kw
+
+
+@dataclass
+class TopicSettings:
+    frames: str = field(default="avminer.frames", metadata=_help("Camera frames in (CameraFrame)."))
+    radar: str = field(default="avminer.radar", metadata=_help("Radar scans in (RadarScan)."))
+    decisions: str = field(default="avminer.decisions", metadata=_help("One Decision per frame out."))
+    label_requests: str = field(default="avminer.label-requests", metadata=_help("LabelRequest out."))
+    label_results: str = field(default="avminer.label-results", metadata=_help("LabelResult in (labels back)."))
+    releases: str = field(default="avminer.releases", metadata=_help("ModelRelease announcements."))
+    dead_letter: str = field(default="avminer.dead-letter", metadata=_help("Poison input with its reason."))
+    sketches: str = field(
+        default="avminer.sketches", metadata=_help("Compacted topic of per-miner per-slice quantile sketches.")
+    )
+
+
+@dataclass
+class SourceSettings:
+    drive_log: str | None = field(
+        default=None,
+        metadata=_help("Drive log to mine in embedded mode. Unset: the bundled sample drive."),
+    )
+    radar_join_window_ms: int = field(
+        default=100, metadata=_help("A radar scan joins a camera frame of the same vehicle within this window.")
+    )
+    radar_wait_ms: int = field(
+        default=50, metadata=_help("How long a frame waits for late radar before it goes on without.")
+    )
+
+
+@dataclass
+class DecodeSettings:
+    max_bytes: int = field(default=8 * 1024 * 1024, metadata=_help("Largest encoded image accepted."))
+    max_pixels: int = field(default=4096 * 4096, metadata=_help("Largest decoded image (width*height) accepted."))
+    workers: int = field(default=1, metadata=_help("Decode threads."))
+
+
+@dataclass
+class BatcherSettings:
+    max_batch: int = field(default=8, metadata=_help("Frames per engine batch at most."))
+    max_wait_ms: int = field(default=20, metadata=_help("Longest a partial batch waits for more frames."))
+    queue_size: int = field(
+        default=64, metadata=_help("Bound of every stage queue; a full queue pauses the Kafka partitions.")
+    )
+
+
+@dataclass
+class EngineSettings:
+    bundle: str | None = field(default=None, metadata=_help("Model bundle directory. Unset: the starter bundle."))
+    backend: str = field(
+        default="auto", metadata=_help("auto, onnxruntime, torch or tensorrt. auto: TensorRT on a GPU, else ORT.")
+    )
+    threads: int = field(default=0, metadata=_help("Intra-op CPU threads (0: library default)."))
+    device: str = field(default="cpu", metadata=_help("cpu or cuda[:N] for the torch and TensorRT backends."))
+    cache_dir: str = field(
+        default="~/.cache/avminer/bundles", metadata=_help("Where released bundles are downloaded to.")
+    )
+
+
+@dataclass
+class ScoringSettings:
+    aggregation: str = field(
+        default="topk", metadata=_help("Pixel-to-frame pooling: mean, topk or grid (max over grid cells).")
+    )
+    topk_fraction: float = field(default=0.05, metadata=_help("Fraction of pixels averaged by topk pooling."))
+    grid: int = field(default=4, metadata=_help("Grid cells per side for grid pooling."))
+    rare_class_weight: float = field(
+        default=3.0, metadata=_help("Weight of pixels predicted as pedestrian, bicyclist or sign.")
+    )
+    drift_window: int = field(default=200, metadata=_help("Frames per slice in the drift statistic's window."))
+    drift_alarm: float = field(default=3.0, metadata=_help("Drift statistic (z-score) that raises the alarm."))
+    regions: dict[str, list[float]] = field(
+        default_factory=dict,
+        metadata=_help("Named regions as [lat_min, lon_min, lat_max, lon_max]; else a geohash prefix is used."),
+    )
+    geohash_precision: int = field(default=4, metadata=_help("Geohash prefix length when no region matches."))
+
+
+@dataclass
+class SelectionSettings:
+    target_rate: float = field(default=0.001, metadata=_help("Fraction of frames mined per slice."))
+    slice_rates: dict[str, float] = field(
+        default_factory=dict,
+        metadata=_help("Per-slice overrides, key 'time_of_day/weather/region' with * wildcards, e.g. 'dusk/*/*'."),
+    )
+    hourly_budget: int = field(default=1000, metadata=_help("Mined frames per slice per hour at most."))
+    camera_cooldown_s: float = field(default=2.0, metadata=_help("Seconds between two mined frames of one camera."))
+    duplicate_similarity: float = field(
+        default=0.97, metadata=_help("Cosine similarity above which a frame counts as a near-duplicate.")
+    )
+    memory_size: int = field(default=2048, metadata=_help("Recently mined embeddings kept for duplicate checks."))
+    warmup_frames: int = field(
+        default=200, metadata=_help("Frames per slice seen before quantile thresholds are trusted.")
+    )
+    fleet_sketches: bool = field(
+        default=True, metadata=_help("Publish and merge per-slice sketches over Kafka for fleet-wide thresholds.")
+    )
+
+
+@dataclass
+class S3Settings:
+    endpoint_url: str | None = field(default=None, metadata=_help("S3 endpoint; unset: frames stay local."))
+    bucket: str = field(default="avminer", metadata=_help("Bucket for frames and model bundles."))
+    prefix: str = field(default="frames/", metadata=_help("Key prefix for mined frames."))
+    region: str = field(default="us-east-1", metadata=_help("Region name passed to boto3."))
+    access_key_id: str | None = field(default=None, metadata=_help("Access key id (else boto3's own chain)."))
+    secret_access_key: Secret | None = field(default=None, metadata=_help("Secret access key (secret)."))
+    max_retries: int = field(default=5, metadata=_help("Retries with exponential backoff per upload."))
+
+
+@dataclass
+class SinkSettings:
+    output_dir: str = field(
+        default="avminer-out", metadata=_help("Local directory sink (embedded mode): frames, requests, decisions.")
+    )
+    catalog_url: str | None = field(
+        default=None,
+        metadata=_help("sqlite:///path or postgresql://... Unset: sqlite in output_dir."),
+    )
+    s3: S3Settings = field(default_factory=S3Settings)
+
+
+@dataclass
+class MetricsSettings:
+    address: str = field(default="127.0.0.1", metadata=_help("Address the /metrics endpoint binds to."))
+    port: int = field(default=9464, metadata=_help("Port of the /metrics endpoint; 0 disables it."))
+
+
+@dataclass
+class TrainerSettings:
+    members: int = field(default=4, metadata=_help("Ensemble size K (Deep Probabilistic Ensembles)."))
+    width: float = field(default=0.25, metadata=_help("Width multiplier of the ERFNet-style members."))
+    input_height: int = field(default=176, metadata=_help("Training/inference input height."))
+    input_width: int = field(default=240, metadata=_help("Training/inference input width."))
+    epochs: int = field(default=30, metadata=_help("Epochs per (re)training run."))
+    batch_size: int = field(default=8, metadata=_help("Frames per optimisation step."))
+    lr: float = field(default=2e-3, metadata=_help("Adam learning rate."))
+    dpe_beta: float = field(default=1e-5, metadata=_help("Weight of the DPE KL regulariser."))
+    gate_margin: float = field(
+        default=0.02, metadata=_help("A release is refused if any slice's mIoU drops more than this.")
+    )
+    retrain_every_labels: int = field(default=200, metadata=_help("Retrain after this many new labels."))
+    retrain_interval_s: float = field(default=86400.0, metadata=_help("Retrain at least this often (seconds)."))
+    work_dir: str = field(default="avminer-train", metadata=_help("Checkpoints and candidate bundles."))
+
+
+@dataclass
+class Settings:
+    """Everything an avminer process can be configured with."""
+
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    topics: TopicSettings = field(default_factory=TopicSettings)
+    source: SourceSettings = field(default_factory=SourceSettings)
+    decode: DecodeSettings = field(default_factory=DecodeSettings)
+    batcher: BatcherSettings = field(default_factory=BatcherSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    scoring: ScoringSettings = field(default_factory=ScoringSettings)
+    selection: SelectionSettings = field(default_factory=SelectionSettings)
+    sinks: SinkSettings = field(default_factory=SinkSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    trainer: TrainerSettings = field(default_factory=TrainerSettings)
+    shutdown_deadline_s: float = field(
+        default=30.0, metadata=_help("On SIGTERM/SIGINT: stop polling, drain, commit, close within this.")
+    )
+    log_level: str = field(default="INFO", metadata=_help("Python logging level."))
+
+    @property
+    def embedded(self) -> bool:
+        """True when no broker is configured: read a drive log, write to a local directory."""
+        return not self.kafka.bootstrap_servers
+
+    def as_dict(self, plaintext_secrets: bool = False) -> dict[str, Any]:
+        """Plain nested dict of the settings; secrets masked unless ``plaintext_secrets``."""
+        return _to_dict(self, plaintext_secrets)
+
+    def validate(self) -> Settings:
+        """Check cross-field constraints; raise :class:`ConfigError` naming the field."""
+        checks: list[tuple[bool, str, str]] = [
+            (0 < self.selection.target_rate <= 1, "selection.target_rate", "must be in (0, 1]"),
+            (self.batcher.max_batch >= 1, "batcher.max_batch", "must be >= 1"),
+            (self.batcher.max_wait_ms >= 0, "batcher.max_wait_ms", "must be >= 0"),
+            (self.batcher.queue_size >= 1, "batcher.queue_size", "must be >= 1"),
+            (self.decode.max_bytes > 0, "decode.max_bytes", "must be > 0"),
+            (self.decode.max_pixels > 0, "decode.max_pixels", "must be > 0"),
+            (self.engine.backend in {"auto", "onnxruntime", "torch", "tensorrt"}, "engine.backend",
+             "must be one of auto, onnxruntime, torch, tensorrt"),
+            (self.scoring.aggregation in {"mean", "topk", "grid"}, "scoring.aggregation",
+             "must be one of mean, topk, grid"),
+            (0 < self.scoring.topk_fraction <= 1, "scoring.topk_fraction", "must be in (0, 1]"),
+            (0 <= self.metrics.port < 65536, "metrics.port", "must be a TCP port (0 disables)"),
+            (self.shutdown_deadline_s > 0, "shutdown_deadline_s", "must be > 0"),
+            (self.trainer.members >= 1, "trainer.members", "must be >= 1"),
+            (self.kafka.security_protocol in {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"},
+             "kafka.security_protocol", "must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
+        ]
+        for key, rate in self.selection.slice_rates.items():
+            checks.append((0 < rate <= 1, f"selection.slice_rates.{key}", "must be in (0, 1]"))
+        for ok, name, message in checks:
+            if not ok:
+                raise ConfigError(f"{message}, got {_lookup(self, name)!r}", name)
+        return self
+
+
+def _lookup(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = obj[part] if isinstance(obj, Mapping) else getattr(obj, part)
+    return obj
+
+
+def _to_dict(obj: Any, plaintext: bool) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _to_dict(getattr(obj, f.name), plaintext) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Secret):
+        return obj.get() if plaintext else "***"
+    if isinstance(obj, dict):
+        return {k: _to_dict(v, plaintext) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_dict(v, plaintext) for v in obj]
+    return obj
+
+
+T = TypeVar("T")
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    """Convert ``value`` (from YAML or an env string) to the declared type ``tp``, or raise naming ``name``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in {"", "none", "null"}):
+            return None
+        return _coerce(value, args[0], name)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"must be a mapping, got {type(value).__name__}", name)
+        return _build(tp, value, name)
+    if tp is Secret:
+        return value if isinstance(value, Secret) else Secret(str(value))
+    if origin is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"must be a mapping, got {type(value).__name__}", name)
+        _, vt = typing.get_args(tp)
+        return {str(k): _coerce(v, vt, f"{name}.{k}") for k, v in value.items()}
+    if origin is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"must be a list, got {type(value).__name__}", name)
+        (et,) = typing.get_args(tp)
+        return [_coerce(v, et, f"{name}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+            return value.lower() in {"1", "true", "yes", "on"}
+        raise ConfigError(f"must be a boolean, got {value!r}", name)
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"must be a number, got {value!r}", name)
+        try:
+            out = tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"must be {'an integer' if tp is int else 'a number'}, got {value!r}", name) from None
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"must be an integer, got {value!r}", name)
+        return out
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"must be a string, got {type(value).__name__}", name)
+        return str(value)
+    return value
+
+
+def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if key not in known:
+            raise ConfigError(f"unknown field; known fields: {', '.join(sorted(known))}", name)
+        kwargs[key] = _coerce(value, hints[key], name)
+    return cls(**kwargs)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key in {"AVMINER_CONFIG", "AVMINER_TEST_KAFKA"}:
+            continue
+        path = key[len(ENV_PREFIX):].lower().split("__")
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_settings(
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings from defaults, a YAML file, ``AVMINER_*`` variables and explicit overrides.
+
+    Args:
+        path: YAML file; if None, ``$AVMINER_CONFIG`` when set.
+        environ: environment to read (default ``os.environ``).
+        overrides: nested mapping applied last (CLI flags).
+
+    Raises:
+        ConfigError: a file that cannot be read or parsed, an unknown field, or a bad value (named).
+    """
+    env = os.environ if environ is None else environ
+    if path is None and env.get("AVMINER_CONFIG"):
+        path = env["AVMINER_CONFIG"]
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, Mapping):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data = dict(loaded or {})
+    data = _merge(data, _env_overrides(env))
+    if overrides:
+        data = _merge(data, overrides)
+    return _build(Settings, data).validate()
+
+
+def describe_fields(cls: type = Settings, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted name, default, help) for every leaf field, for ``avminer config show --help-fields``."""
+    rows: list[tuple[str, str, str]] = []
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows.extend(describe_fields(tp, f"{name}."))  # type: ignore[arg-type]
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        rows.append((name, repr(default), f.metadata.get("help", "")))
+    return rows

@@ -1,0 +1,202 @@
+"""The model bundle: everything a miner needs to run one released ensemble.
+
+Layout of a bundle directory::
+
+    manifest.json          format, version, ensemble size, input spec, classes, outputs, file checksums
+    model.onnx             all K members behind one input (the engine-neutral artefact)
+    model.pt               torch state dict + arch (optional; the torch backend rebuilds the net from it)
+    reference_stats.npz    per-condition feature statistics for shift detection (avminer.scoring.shift)
+    plans/<key>.plan       TensorRT plans keyed by GPU architecture and TensorRT version (optional)
+
+ONNX contract: input ``images`` float32 ``[N, 3, H, W]`` RGB in 0..255 (normalisation is inside the
+graph); outputs ``probs`` float32 ``[K, N, C, H, W]`` (per-member softmax) and ``features`` float32
+``[N, D]`` (pooled features for shift detection). Batch N is dynamic.
+
+Every file is listed in ``manifest["files"]`` with its sha256; :func:`load_bundle` refuses a bundle
+whose bytes differ (one flipped byte is enough) with a :class:`~avminer.errors.BundleError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from avminer.errors import BundleError
+
+FORMAT = "avminer-bundle/1"
+MANIFEST = "manifest.json"
+ONNX_FILE = "model.onnx"
+TORCH_FILE = "model.pt"
+REFERENCE_FILE = "reference_stats.npz"
+INPUT_NAME = "images"
+OUTPUT_PROBS = "probs"
+OUTPUT_FEATURES = "features"
+
+_REQUIRED = ("format", "version", "members", "input", "classes", "void_index", "feature_dim", "files")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle on disk."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    @property
+    def members(self) -> int:
+        return int(self.manifest["members"])
+
+    @property
+    def input_height(self) -> int:
+        return int(self.manifest["input"]["height"])
+
+    @property
+    def input_width(self) -> int:
+        return int(self.manifest["input"]["width"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest["classes"])
+
+    @property
+    def void_index(self) -> int:
+        return int(self.manifest["void_index"])
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.manifest["feature_dim"])
+
+    @property
+    def arch(self) -> dict[str, Any]:
+        """Architecture config the torch backend rebuilds the ensemble from (``avminer.models``)."""
+        return dict(self.manifest.get("arch", {}))
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / ONNX_FILE
+
+    @property
+    def torch_path(self) -> Path | None:
+        p = self.path / TORCH_FILE
+        return p if TORCH_FILE in self.manifest["files"] else None
+
+    @property
+    def reference_path(self) -> Path | None:
+        return self.path / REFERENCE_FILE if REFERENCE_FILE in self.manifest["files"] else None
+
+    def plan_path(self, key: str) -> Path | None:
+        """TensorRT plan for ``key`` (e.g. ``sm90-trt10.13``), if the bundle has one."""
+        rel = self.manifest.get("plans", {}).get(key)
+        return self.path / rel if rel else None
+
+
+def _check_manifest(manifest: Any, where: Path) -> dict[str, Any]:
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{where}: manifest must be a JSON object")
+    missing = [k for k in _REQUIRED if k not in manifest]
+    if missing:
+        raise BundleError(f"{where}: manifest lacks {', '.join(missing)}; was it written by avminer?")
+    if manifest["format"] != FORMAT:
+        raise BundleError(f"{where}: bundle format {manifest['format']!r} is not {FORMAT!r}; upgrade avminer")
+    for key in ("height", "width"):
+        if not isinstance(manifest["input"].get(key), int):
+            raise BundleError(f"{where}: manifest input.{key} must be an integer")
+    if ONNX_FILE not in manifest["files"]:
+        raise BundleError(f"{where}: manifest lists no {ONNX_FILE}")
+    return manifest
+
+
+def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
+    """Open a bundle directory and (by default) verify every file's sha256.
+
+    Raises:
+        BundleError: missing or malformed manifest, a missing file, or a checksum mismatch.
+    """
+    root = Path(path)
+    mpath = root / MANIFEST
+    try:
+        manifest = json.loads(mpath.read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{root}: no {MANIFEST}; not a model bundle") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{mpath}: unreadable manifest ({exc}); the bundle is corrupt") from exc
+    manifest = _check_manifest(manifest, root)
+    if verify:
+        for rel, expected in manifest["files"].items():
+            fpath = root / rel
+            if not fpath.is_file():
+                raise BundleError(f"{root}: file {rel} listed in the manifest is missing")
+            actual = sha256_file(fpath)
+            if actual != expected:
+                raise BundleError(
+                    f"{root}: {rel} sha256 mismatch (manifest {expected[:12]}…, file {actual[:12]}…): "
+                    "the bundle is corrupt or was modified; re-download or rebuild it"
+                )
+    return Bundle(root, manifest)
+
+
+def write_bundle(out_dir: str | Path, manifest: dict[str, Any], files: dict[str, bytes | Path]) -> Bundle:
+    """Write a bundle atomically: files, checksums, then the manifest, then rename into place.
+
+    Args:
+        out_dir: destination directory (replaced if it exists).
+        manifest: every required field but ``format`` and ``files`` (filled in here).
+        files: relative name -> bytes or a path to copy.
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        checksums: dict[str, str] = {}
+        for rel, content in files.items():
+            dest = tmp / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                dest.write_bytes(content)
+            else:
+                shutil.copyfile(content, dest)
+            checksums[rel] = sha256_file(dest)
+        full = {**manifest, "format": FORMAT, "files": checksums}
+        _check_manifest(full, out)
+        (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load_bundle(out)
+
+
+def add_file(bundle: Bundle, rel: str, content: bytes, manifest_updates: dict[str, Any] | None = None) -> Bundle:
+    """Add (or replace) one file in an existing bundle and re-checksum it (e.g. a TensorRT plan)."""
+    dest = bundle.path / rel
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(content)
+    manifest = dict(bundle.manifest)
+    manifest["files"] = {**manifest["files"], rel: sha256_file(dest)}
+    for key, value in (manifest_updates or {}).items():
+        manifest[key] = {**manifest.get(key, {}), **value} if isinstance(value, dict) else value
+    tmp = bundle.path / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    os.replace(tmp, bundle.path / MANIFEST)
+    return load_bundle(bundle.path)

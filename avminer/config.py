@@ -85,6 +85,10 @@ class KafkaSettings:
     session_timeout_ms: int = field(default=10000, metadata=_help("Group session timeout."))
     heartbeat_interval_ms: int = field(default=3000, metadata=_help("Group heartbeat interval."))
     max_poll_records: int = field(default=500, metadata=_help("Records fetched per poll."))
+    commit_interval_ms: int = field(
+        default=1000,
+        metadata=_help("How often the miner commits the done prefix of its offsets (also on revocation and exit)."),
+    )
     extra: dict[str, Any] = field(
         default_factory=dict, metadata=_help("Any other kafka-python client settings, passed through as-is.")
     )
@@ -150,6 +154,14 @@ class BatcherSettings:
     queue_size: int = field(
         default=64, metadata=_help("Bound of every stage queue; a full queue pauses the Kafka partitions.")
     )
+    stage_nice: int = field(
+        default=0,
+        metadata=_help(
+            "Niceness added to the decode, scoring and sink threads (Linux) so they fill the engine's idle"
+            " cycles instead of preempting its threads; only on a box the miner has to itself (it starves"
+            " them when other processes compete). 0: every stage at the process's priority."
+        ),
+    )
 
 
 @dataclass
@@ -188,8 +200,19 @@ class ScoringSettings:
 class SelectionSettings:
     target_rate: float = field(default=0.001, metadata=_help("Fraction of frames mined per slice."))
     slice_rates: dict[str, float] = field(
-        default_factory=dict,
-        metadata=_help("Per-slice overrides, key 'time_of_day/weather/region' with * wildcards, e.g. 'dusk/*/*'."),
+        default_factory=lambda: {"dusk/*/*": 0.005, "night/*/*": 0.005, "*/fog/*": 0.005, "*/rain/*": 0.005,
+                                 "*/snow/*": 0.005},
+        metadata=_help(
+            "Per-slice overrides, key 'time_of_day/weather/region' with * wildcards, e.g. 'dusk/*/*'. An exact key"
+            " wins; else the highest rate among matching patterns (rare conditions are mined more)."
+        ),
+    )
+    score_weights: dict[str, float] = field(
+        default_factory=lambda: {"mi": 1.0, "shift": 1.0, "radar": 1.0, "novelty": 0.5},
+        metadata=_help(
+            "Weight of each component (mi, shift, radar, novelty) in the priority: the weighted max of their"
+            " per-slice tail surprises, -log10 of the fraction of frames scoring higher. 0 disables one."
+        ),
     )
     hourly_budget: int = field(default=1000, metadata=_help("Mined frames per slice per hour at most."))
     camera_cooldown_s: float = field(default=2.0, metadata=_help("Seconds between two mined frames of one camera."))
@@ -202,6 +225,9 @@ class SelectionSettings:
     )
     fleet_sketches: bool = field(
         default=True, metadata=_help("Publish and merge per-slice sketches over Kafka for fleet-wide thresholds.")
+    )
+    sketch_publish_interval_s: float = field(
+        default=30.0, metadata=_help("Seconds between two publications of this miner's sketches to the fleet topic.")
     )
 
 
@@ -226,6 +252,10 @@ class SinkSettings:
         metadata=_help("sqlite:///path or postgresql://... Unset: sqlite in output_dir."),
     )
     s3: S3Settings = field(default_factory=S3Settings)
+    api_address: str = field(
+        default="127.0.0.1", metadata=_help("Address the datasets HTTP API binds to (loopback unless you mean it).")
+    )
+    api_port: int = field(default=8710, metadata=_help("Port of the datasets HTTP API (`avminer datasets serve`)."))
 
 
 @dataclass
@@ -398,7 +428,10 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX) or key in {"AVMINER_CONFIG", "AVMINER_TEST_KAFKA"}:
+        # AVMINER_TEST_* and AVMINER_RUNSLOW steer the test suite (CI exports them), not a process.
+        if not key.startswith(ENV_PREFIX) or key in {"AVMINER_CONFIG", "AVMINER_RUNSLOW"} or key.startswith(
+            "AVMINER_TEST_"
+        ):
             continue
         path = key[len(ENV_PREFIX):].lower().split("__")
         node = tree

@@ -44,6 +44,23 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path |
     raise RuntimeError(f"{what} did not become ready within {timeout:.0f}s\n{tail}")
 
 
+def _free_port_below(limit: int) -> int:
+    for _ in range(200):
+        port = free_port()
+        if port < limit and free_port_at(port + 10000):
+            return port
+    raise RuntimeError(f"no free loopback port below {limit} found")
+
+
+def free_port_at(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((LOOPBACK, port))
+        except OSError:
+            return False
+        return True
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
@@ -181,11 +198,14 @@ class S3Server:
 def start_s3(workdir: Path) -> S3Server:
     data = workdir / "weed-data"
     data.mkdir(parents=True, exist_ok=True)
-    s3_port, master_port, volume_port, filer_port = (free_port() for _ in range(4))
+    # SeaweedFS listens for gRPC on port + 10000: keep every port below 55536.
+    s3_port, master_port, volume_port, filer_port = (_free_port_below(55000) for _ in range(4))
     cmd = [
         weed_binary(), "server", "-s3", f"-s3.port={s3_port}", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}",
         f"-dir={data}", f"-master.port={master_port}", f"-volume.port={volume_port}",
         f"-filer.port={filer_port}", "-volume.max=0", "-master.volumeSizeLimitMB=64",
+        # Fixed-port side listeners clash when two servers run at once (s3 + s3_private): off.
+        "-s3.port.iceberg=0", "-s3.port.lance=0",
     ]
     log = workdir / "weed.log"
     server = S3Server(f"http://{LOOPBACK}:{s3_port}", Service(_spawn(cmd, log), log), workdir, s3_port, cmd)

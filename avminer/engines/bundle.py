@@ -191,7 +191,9 @@ def add_file(bundle: Bundle, rel: str, content: bytes, manifest_updates: dict[st
     """Add (or replace) one file in an existing bundle and re-checksum it (e.g. a TensorRT plan)."""
     dest = bundle.path / rel
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_bytes(content)
+    part = dest.with_name(dest.name + ".part")
+    part.write_bytes(content)
+    os.replace(part, dest)  # a reader never sees half a plan under the final name
     manifest = dict(bundle.manifest)
     manifest["files"] = {**manifest["files"], rel: sha256_file(dest)}
     for key, value in (manifest_updates or {}).items():

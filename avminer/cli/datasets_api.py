@@ -1,0 +1,78 @@
+"""``avminer datasets``: serve the datasets HTTP API, or freeze/list datasets from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import threading
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser("datasets", help="versioned datasets frozen from the catalog")
+    parser.add_argument("--catalog", help="catalog URL (sqlite:///path or postgresql://...); default from settings")
+    ds = parser.add_subparsers(dest="datasets_cmd", metavar="ACTION")
+    ds.required = True
+
+    serve = ds.add_parser("serve", help="serve GET/POST /datasets over HTTP")
+    serve.add_argument("--host", help="bind address (default sinks.api_address, loopback)")
+    serve.add_argument("--port", type=int, help="port (default sinks.api_port)")
+    serve.set_defaults(func=_serve)
+
+    freeze = ds.add_parser("freeze", help="freeze a query into the next version of a dataset")
+    freeze.add_argument("dataset_id")
+    freeze.add_argument("--query", default="{}", help='JSON query, e.g. \'{"slices": ["dusk/*/*"], "start": "7d"}\'')
+    freeze.set_defaults(func=_freeze)
+
+    show = ds.add_parser("list", help="list dataset versions")
+    show.set_defaults(func=_list)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from avminer.cli.catalog import open_from_args
+    from avminer.config import load_settings
+    from avminer.sinks.api import DatasetsServer
+
+    settings = load_settings(args.config)
+    host = args.host or settings.sinks.api_address
+    port = settings.sinks.api_port if args.port is None else args.port
+    with open_from_args(args) as catalog:
+        server = DatasetsServer(catalog, host, port)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        server.start()
+        log.info("datasets API on %s (catalog %s)", server.url, catalog.url)
+        print(f"serving {server.url}", flush=True)
+        stop.wait()
+        server.shutdown()
+        server.server_close()
+    return 0
+
+
+def _freeze(args: argparse.Namespace) -> int:
+    from avminer.cli.catalog import open_from_args
+    from avminer.errors import CatalogError
+    from avminer.sinks.catalog import DatasetQuery
+
+    try:
+        data = json.loads(args.query)
+    except ValueError as exc:
+        raise CatalogError(f"--query is not valid JSON: {exc}") from exc
+    with open_from_args(args) as catalog:
+        ds = catalog.create_dataset(args.dataset_id, DatasetQuery.from_json(data))
+    print(json.dumps(ds.to_dict(), sort_keys=True))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from avminer.cli.catalog import open_from_args
+
+    with open_from_args(args) as catalog:
+        for ds in catalog.list_datasets():
+            print(json.dumps(ds.to_dict(), sort_keys=True))
+    return 0

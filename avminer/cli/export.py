@@ -1,0 +1,64 @@
+"""``avminer export labelstudio``: mined frames as a Label Studio import file, pre-annotated.
+
+    avminer export labelstudio --out tasks.json --config-out label_config.xml [--state requested]
+
+Import ``tasks.json`` into a project whose labeling configuration is ``label_config.xml``. Frame URLs:
+``s3://`` URIs stay as they are (give the project an S3 source storage on the bucket) unless
+``--presign`` makes presigned HTTP URLs; ``file://`` URIs become ``/data/local-files/?d=...`` paths
+under ``--local-files-root`` (Label Studio's ``LOCAL_FILES_DOCUMENT_ROOT``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser("export", help="export mined frames to labeling tools")
+    es = parser.add_subparsers(dest="export_cmd", metavar="TOOL")
+    es.required = True
+    ls = es.add_parser("labelstudio", help="Label Studio import file (tasks + brush pre-annotations)")
+    ls.add_argument("--catalog", help="catalog URL (sqlite:///path or postgresql://...); default from settings")
+    ls.add_argument("--out", required=True, help="tasks JSON file to write")
+    ls.add_argument("--config-out", help="also write the matching labeling configuration (XML)")
+    ls.add_argument("--state", action="append", default=[],
+                    help="only samples in this state (repeatable; default: requested)")
+    ls.add_argument("--slice", action="append", default=[], help="slice pattern (repeatable)")
+    ls.add_argument("--since", help="frames at or after: '1h', ISO-8601 or microseconds")
+    ls.add_argument("--limit", type=int, help="at most this many tasks (newest first)")
+    ls.add_argument("--presign", type=int, metavar="SECONDS", help="presign s3:// frame URLs for this long")
+    ls.add_argument("--local-files-root", help="serve file:// frames as /data/local-files/ paths under this dir")
+    ls.set_defaults(func=_labelstudio)
+
+
+def _labelstudio(args: argparse.Namespace) -> int:
+    from avminer.cli.catalog import open_from_args
+    from avminer.config import load_settings
+    from avminer.labels.labelstudio import ImageUrls, export_tasks, label_config
+    from avminer.sinks import open_reader
+    from avminer.sinks.catalog import parse_time_us
+
+    settings = load_settings(args.config)
+    presign = None
+    if args.presign:
+        from avminer.sinks.s3 import S3FrameStore
+
+        store = S3FrameStore.from_settings(settings.sinks.s3, create_bucket=False)
+        ttl = int(args.presign)
+        presign = lambda uri: store.presign(uri, ttl)  # noqa: E731
+    urls = ImageUrls(presign, Path(args.local_files_root) if args.local_files_root else None)
+    with open_from_args(args) as catalog:
+        samples = catalog.query_samples(
+            slices=args.slice, since_us=parse_time_us(args.since) if args.since else None,
+            states=args.state or ["requested"], limit=args.limit,
+        )
+        tasks = export_tasks(samples, open_reader(settings), urls)
+    Path(args.out).write_text(json.dumps(tasks))
+    if args.config_out:
+        Path(args.config_out).write_text(label_config())
+    with_pred = sum(1 for t in tasks if t.get("predictions"))
+    print(f"wrote {len(tasks)} task(s) ({with_pred} pre-annotated) to {args.out}")
+    return 0

@@ -1,0 +1,1 @@
+"""Evaluation harness: does mining save labels? (active-learning simulation, shift AUROC, benchmarks)."""

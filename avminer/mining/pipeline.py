@@ -1,0 +1,704 @@
+"""The mining pipeline: bounded stages from a source to the sinks, commits after the sinks.
+
+::
+
+    poll (caller's thread) ─► decode ×N ─► assemble (radar join + micro-batch) ─► engine ─► score+select ─► sinks
+       ▲        owns the source: polls, commits, pauses/resumes, rebalances              │
+       └──────────────── done offsets, dead-letter acks (one event queue) ◄─────────────────┘
+
+- **Only the poll thread touches the source** (kafka-python's consumer is not thread-safe). The
+  other stages talk back through one event queue: "offset done", "dead letter failed", "stage died".
+- **Backpressure.** Every queue is bounded and the stages block on ``put``; the poll thread never
+  blocks: when the decode queue is full it keeps what it fetched in a small overflow list and pauses
+  every assigned partition (``consumer.pause``, no rebalance), then resumes once the queue has drained
+  to half. It keeps polling while paused, so heartbeats and ``max_poll_interval_ms`` stay happy during
+  a long batch. Memory is bounded by the queue sizes, one poll's worth of overflow, and the radar
+  join's buffer.
+- **Offsets** (:mod:`avminer.mining.offsets`): a camera frame is done when its decision and sinks are
+  durable; poison when its dead letter is acknowledged; a radar scan when the join no longer needs
+  it. Only the contiguous done prefix per partition is committed.
+- **Rebalance.** Every assignment of a partition gets a fresh *epoch*; work carries the epoch it was
+  fetched under. On revocation the poll thread commits the done prefix of the revoked partitions,
+  forgets their staged offsets and retires the epoch: queued items of revoked partitions are dropped
+  when a stage reaches them and in-flight engine results for them are discarded without a commit
+  (the new owner replays them; deterministic sample ids make every sink idempotent).
+- **Shutdown** (:meth:`Pipeline.run` with ``stop`` set): stop fetching, flush the radar join and the
+  batcher, wait for in-flight work up to ``shutdown_deadline_s``, commit, return.
+- **Hot-swap**: the engine stage reads ``engines.current`` once per batch; every decision names the
+  model version that produced it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from avminer.config import Settings
+from avminer.errors import EngineError, MiningError, SinkUnavailableError
+from avminer.events.records import CameraFrame, Decision, RadarScan
+from avminer.metrics import CONSUMER_LAG, DECISIONS, FRAMES_IN, MINED, PAUSES, QUEUE_DEPTH, SINK_ERRORS
+from avminer.mining.batcher import MicroBatcher
+from avminer.mining.deadletter import DeadLetterSink
+from avminer.mining.decode import PoisonError, decode_event, decode_image, image_bytes
+from avminer.mining.offsets import OffsetTracker, Partition
+from avminer.sources.base import Source, SourceMessage
+from avminer.sources.join import RadarJoiner
+
+log = logging.getLogger(__name__)
+
+_TICK_S = 0.05  # stage loops wake this often to notice shutdown
+
+
+class EngineProvider(Protocol):
+    """Anything with the engine to use for the next batch (:class:`avminer.engines.hotswap.EngineHolder`)."""
+
+    @property
+    def current(self) -> Any: ...
+
+
+class BatchWriter(Protocol):
+    """:class:`avminer.sinks.base.MinedSampleWriter`: durable when ``write_batch`` returns."""
+
+    def write_batch(self, samples: Sequence[Any]) -> Any: ...
+
+
+@dataclass(slots=True)
+class _Job:
+    """Where an in-flight item came from, and under which assignment epoch."""
+
+    topic: str
+    partition: int
+    offset: int
+    epoch: int
+
+    @property
+    def tp(self) -> Partition:
+        return (self.topic, self.partition)
+
+
+@dataclass(slots=True)
+class FrameWork:
+    """A decoded camera frame on its way through the pipeline.
+
+    Attributes:
+        job: position and epoch.
+        frame: the event (its ``image`` bytes are kept: a mined frame is stored as it arrived).
+        image: uint8 ``[H, W, 3]``, at the engine's input size when decoded.
+        radar: the joined radar scan, if any.
+    """
+
+    job: _Job
+    frame: CameraFrame
+    image: np.ndarray
+    encoded: bytes
+    radar: RadarScan | None = None
+
+
+@dataclass(slots=True)
+class DecidedFrame:
+    """One frame after selection, for report hooks (the demo's contact sheet)."""
+
+    frame: CameraFrame
+    image: np.ndarray  # uint8 [H, W, 3] at the engine's input size
+    decision: Decision
+    score: Any  # avminer.scoring.scorer.FrameScore
+    priority: float
+
+
+@dataclass
+class PipelineStats:
+    """Counters of one :meth:`Pipeline.run`."""
+
+    frames: int = 0
+    radar: int = 0
+    decisions: int = 0
+    mined: int = 0
+    dead_letters: int = 0
+    requests_sent: int = 0
+    commits: int = 0
+    pauses: int = 0
+    batches: int = 0
+    engine_s: float = 0.0  # time inside engine.infer
+    wall_s: float = 0.0
+    dropped_revoked: int = 0
+    drained: bool = True  # False: the shutdown deadline cut in-flight work short
+    mined_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class Pipeline:
+    """Wires a source, an engine, a scorer, a selection policy and sinks into bounded stages.
+
+    Args:
+        settings: everything (batcher, decode limits, radar join, shutdown deadline, commit interval).
+        source: where messages come from; only :meth:`run`'s thread touches it.
+        engines: provides the engine for each batch (hot-swappable).
+        writer: stores, requests and decides a batch durably (``MinedSampleWriter``).
+        dead_letters: where poison goes.
+        policy: the selection policy (``SelectionPolicy``); used from one thread only.
+        scorer_for: builds the scorer for an engine (cached per model version).
+        fetch: reads ``image_uri`` frames (default: ``file://`` only).
+        on_decided: called on the scoring thread with every decided batch (reports, tests).
+        source_label: ``avminer_frames_in_total`` label.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        source: Source,
+        engines: EngineProvider,
+        writer: BatchWriter,
+        dead_letters: DeadLetterSink,
+        policy: Any,
+        scorer_for: Callable[[Any], Any] | None = None,
+        *,
+        fetch: Callable[[str], bytes] | None = None,
+        on_decided: Callable[[list[DecidedFrame]], None] | None = None,
+        source_label: str = "kafka",
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.engines = engines
+        self.writer = writer
+        self.dead_letters = dead_letters
+        self.policy = policy
+        self._scorer_for = scorer_for or default_scorer_factory(settings)
+        self._scorers: dict[str, Any] = {}
+        self.fetch = fetch
+        self.on_decided = on_decided
+        self.source_label = source_label
+        self.stats = PipelineStats()
+
+        qs = settings.batcher.queue_size
+        self._decode_q: queue.Queue[tuple[SourceMessage, _Job]] = queue.Queue(qs)
+        self._assemble_q: queue.Queue[FrameWork | tuple[RadarScan, _Job]] = queue.Queue(qs)
+        # Engine outputs are large ([K, N, C, H, W] float32): keep only a couple in flight.
+        self._engine_q: queue.Queue[list[FrameWork]] = queue.Queue(2)
+        self._score_q: queue.Queue[tuple[list[FrameWork], Any, np.ndarray, Any]] = queue.Queue(2)
+        self._sink_q: queue.Queue[tuple[list[FrameWork], list[Any]]] = queue.Queue(4)
+        self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+
+        self._tracker = OffsetTracker()
+        self._epochs: dict[Partition, int] = {}  # written by the poll thread only
+        self._next_epoch = 1
+        self._overflow: deque[tuple[SourceMessage, _Job]] = deque()
+        # Rebalance callbacks may run on the Kafka client's IO thread: the tracker, the epochs and the
+        # overflow are shared with it. Never held across a source call (the IO thread serves those).
+        self._lock = threading.RLock()
+        self._paused = False
+        self._paused_parts: set[Partition] = set()
+        self._halt = threading.Event()  # stages exit
+        self._flush = threading.Event()  # assembler: no more waiting (end of input or draining)
+        self._threads: list[threading.Thread] = []
+        self._last_commit = 0.0
+        self._last_metrics = 0.0
+        self._lag_labels: set[Partition] = set()
+        self._fatal: BaseException | None = None
+
+    # -- public ----------------------------------------------------------------------------------------
+    def run(self, stop: threading.Event | None = None, max_frames: int | None = None) -> PipelineStats:
+        """Run until the source is exhausted and drained, or ``stop`` is set (then drain and commit).
+
+        Args:
+            stop: set it (from a signal handler) to shut down gracefully.
+            max_frames: stop fetching after this many camera frames (benchmarks, tests).
+
+        Raises:
+            MiningError: a stage failed for good (the engine keeps failing, a sink refuses data).
+                Offsets of finished work are committed first.
+        """
+        stop = stop or threading.Event()
+        self.source.set_rebalance_callbacks(self._on_assigned, self._on_revoked)
+        self._start_threads()
+        start = time.monotonic()
+        deadline: float | None = None
+        try:
+            while True:
+                self._handle_events()
+                if self._fatal is not None:
+                    break
+                now = time.monotonic()
+                if deadline is None and stop.is_set():
+                    deadline = now + self.settings.shutdown_deadline_s * 0.8  # the rest: commit + close
+                    self._set_paused(True)
+                    self._drop_overflow()
+                    log.info("stopping: draining %d in-flight message(s)", self._tracker.in_flight())
+                    self._flush.set()
+                draining = deadline is not None
+                if self.source.exhausted and not self._overflow:
+                    self._flush.set()
+                    if self._tracker.in_flight() == 0:
+                        break
+                if draining and (self._tracker.in_flight() == 0 or now >= deadline):  # type: ignore[operator]
+                    self.stats.drained = self._tracker.in_flight() == 0
+                    break
+                if max_frames is not None and self.stats.frames >= max_frames and not draining:
+                    stop.set()
+                    continue
+                self._feed()
+                if now - self._last_commit >= self.settings.kafka.commit_interval_ms / 1000.0:
+                    self._commit()
+                self._backpressure()
+                # Fetch no more than the decode queue can take: what does not fit waits in the overflow.
+                room = max(1, self._decode_q.maxsize - self._decode_q.qsize())
+                msgs = self.source.poll(_TICK_S if (self._paused or draining) else 0.1, room)
+                if msgs and not draining:
+                    self._accept(msgs)
+                elif msgs:
+                    # Fetched just before the pause took effect: not tracked, so not committed past;
+                    # they are fetched again after a restart or by the partition's next owner.
+                    log.debug("ignoring %d message(s) fetched while draining", len(msgs))
+                if now - self._last_metrics >= 5.0:
+                    self._publish_metrics()
+        finally:
+            self._handle_events()
+            self._commit()
+            self._halt.set()
+            for t in self._threads:
+                t.join(timeout=2.0)
+            self.stats.wall_s = time.monotonic() - start
+        if self._fatal is not None:
+            raise MiningError(f"mining pipeline stopped: {self._fatal}") from self._fatal
+        return self.stats
+
+    # -- poll thread -----------------------------------------------------------------------------------
+    def _accept(self, msgs: list[SourceMessage]) -> None:
+        with self._lock:
+            self._accept_locked(msgs)
+        self._feed()
+
+    def _accept_locked(self, msgs: list[SourceMessage]) -> None:
+        for m in msgs:
+            epoch = self._epochs.get(m.tp)
+            if epoch is None:  # a partition we no longer own (fetched before a revocation)
+                continue
+            try:
+                self._tracker.track(m.tp, m.offset)
+            except ValueError as exc:  # re-delivered without a revocation (a position reset): skip
+                log.warning("%s", exc)
+                continue
+            self._overflow.append((m, _Job(m.topic, m.partition, m.offset, epoch)))
+            if m.topic == self.settings.topics.radar:
+                self.stats.radar += 1
+            else:
+                self.stats.frames += 1
+                FRAMES_IN.labels(source=self.source_label).inc()
+
+    def _feed(self) -> None:
+        with self._lock:
+            while self._overflow:
+                try:
+                    self._decode_q.put_nowait(self._overflow[0])
+                except queue.Full:
+                    return
+                self._overflow.popleft()
+
+    def _drop_overflow(self) -> None:
+        """Shutdown: forget fetched work that never entered the pipeline (it is fetched again later)."""
+        with self._lock:
+            first: dict[Partition, int] = {}
+            for _, job in self._overflow:
+                first.setdefault(job.tp, job.offset)
+            for tp, offset in first.items():
+                self._tracker.untrack_from(tp, offset)
+            self._overflow.clear()
+
+    def _backpressure(self) -> None:
+        draining = self._flush.is_set() and not self.source.exhausted
+        if draining or self._overflow:
+            self._set_paused(True)
+        elif self._paused:
+            self._set_paused(self._decode_q.qsize() > self._decode_q.maxsize // 2)
+
+    def _set_paused(self, paused: bool) -> None:
+        if paused and self._paused:
+            # Partitions assigned since the pause start unpaused: pause them too.
+            new = self.source.assignment() - self._paused_parts
+            if new:
+                self.source.pause(new)
+                self._paused_parts |= new
+            return
+        if paused == self._paused:
+            return
+        self._paused = paused
+        if paused:
+            self._paused_parts = self.source.assignment()
+            self.source.pause(self._paused_parts)
+            self.stats.pauses += 1
+            PAUSES.inc()
+        else:
+            self.source.resume(self.source.assignment())
+            self._paused_parts = set()
+
+    def _handle_events(self) -> None:
+        while True:
+            try:
+                ev = self._events.get_nowait()
+            except queue.Empty:
+                return
+            kind = ev[0]
+            if kind == "done":
+                _, tp, offset, epoch = ev
+                with self._lock:
+                    if self._epochs.get(tp) == epoch:
+                        self._tracker.done(tp, offset)
+            elif kind == "dead_letter_failed":
+                _, msg, job, reason, error = ev
+                if self._epochs.get(job.tp) == job.epoch:
+                    time.sleep(0.2)  # the broker is struggling; the offset stays open until it works
+                    self._send_dead_letter(msg, job, reason, error)
+            elif kind == "fatal" and self._fatal is None:
+                self._fatal = ev[1]
+
+    def _commit(self) -> None:
+        self._last_commit = time.monotonic()
+        with self._lock:
+            offsets = {tp: off for tp, off in self._tracker.to_commit().items() if tp in self._epochs}
+        if offsets and self.source.commit(offsets):
+            with self._lock:
+                self._tracker.committed(offsets)
+            self.stats.commits += 1
+
+    def _on_assigned(self, tps: set[Partition]) -> None:
+        with self._lock:
+            for tp in tps:
+                self._epochs[tp] = self._next_epoch
+                self._next_epoch += 1
+        log.info("assigned %s", sorted(tps))
+
+    def _on_revoked(self, tps: set[Partition]) -> dict[Partition, int]:
+        """Retire the partitions' epochs, drop their queued work, return their done prefix to commit."""
+        log.info("revoked %s: committing what is done, dropping the rest", sorted(tps))
+        with self._lock:
+            # Done marks already reported still count; later ones (a retired epoch) are ignored.
+            self._handle_events()
+            for tp in tps:
+                self._epochs.pop(tp, None)
+            offsets = {tp: off for tp, off in self._tracker.to_commit().items() if tp in tps}
+            self._tracker.forget(tps)
+            before = len(self._overflow)
+            self._overflow = deque(item for item in self._overflow if item[1].tp not in tps)
+            self.stats.dropped_revoked += before - len(self._overflow)
+            for tp in tps & self._lag_labels:
+                self._lag_labels.discard(tp)
+                CONSUMER_LAG.remove(tp[0], str(tp[1]))
+        return offsets
+
+    def _publish_metrics(self) -> None:
+        self._last_metrics = time.monotonic()
+        QUEUE_DEPTH.labels(stage="overflow").set(len(self._overflow))
+        QUEUE_DEPTH.labels(stage="decode").set(self._decode_q.qsize())
+        QUEUE_DEPTH.labels(stage="assemble").set(self._assemble_q.qsize())
+        QUEUE_DEPTH.labels(stage="engine").set(self._engine_q.qsize())
+        QUEUE_DEPTH.labels(stage="score").set(self._score_q.qsize())
+        QUEUE_DEPTH.labels(stage="sink").set(self._sink_q.qsize())
+        for (topic, part), lag in self.source.lag().items():
+            CONSUMER_LAG.labels(topic=topic, partition=str(part)).set(lag)
+            self._lag_labels.add((topic, part))
+
+    # -- stages ----------------------------------------------------------------------------------------
+    def _start_threads(self) -> None:
+        stages: list[tuple[str, Callable[[], None]]] = [
+            (f"decode-{i}", self._decode_loop) for i in range(max(1, self.settings.decode.workers))
+        ]
+        stages += [("assemble", self._assemble_loop), ("engine", self._engine_loop),
+                   ("score", self._score_loop), ("sink", self._sink_loop)]
+        for name, fn in stages:
+            nice = 0 if name in ("assemble", "engine") else self.settings.batcher.stage_nice
+            t = threading.Thread(target=self._guard(fn, nice), name=f"avminer-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _guard(self, fn: Callable[[], None], nice: int = 0) -> Callable[[], None]:
+        def run() -> None:
+            if nice:
+                _renice_current_thread(nice)
+            try:
+                fn()
+            except BaseException as exc:  # the poll thread turns this into MiningError
+                log.exception("pipeline stage %s failed", threading.current_thread().name)
+                self._events.put(("fatal", exc))
+
+        return run
+
+    def _live(self, job: _Job) -> bool:
+        return self._epochs.get(job.tp) == job.epoch
+
+    def _get(self, q: queue.Queue[Any], timeout: float = _TICK_S) -> Any:
+        try:
+            return q.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def _put(self, q: queue.Queue[Any], item: Any) -> bool:
+        while not self._halt.is_set():
+            try:
+                q.put(item, timeout=_TICK_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _done(self, job: _Job) -> None:
+        self._events.put(("done", job.tp, job.offset, job.epoch))
+
+    def _send_dead_letter(self, msg: SourceMessage, job: _Job, reason: str, error: str) -> None:
+        def on_done(ok: bool) -> None:
+            if ok:
+                self.stats.dead_letters += 1
+                self._done(job)
+            else:
+                self._events.put(("dead_letter_failed", msg, job, reason, error))
+
+        self.dead_letters.send(msg, reason, error, on_done)
+
+    def _target_hw(self) -> tuple[int, int] | None:
+        engine = self.engines.current
+        hw = getattr(engine, "input_hw", None)
+        return (int(hw[0]), int(hw[1])) if hw else None
+
+    def _decode_loop(self) -> None:
+        limits = self.settings.decode
+        while not self._halt.is_set():
+            item = self._get(self._decode_q)
+            if item is None:
+                continue
+            msg, job = item
+            if not self._live(job):
+                continue
+            try:
+                record = decode_event(msg)
+                if isinstance(record, RadarScan):
+                    self._put(self._assemble_q, (record, job))
+                    continue
+                data = image_bytes(record, self.fetch)
+                image = decode_image(data, limits, self._target_hw(), record.encoding)
+            except PoisonError as exc:
+                log.warning("poison %s[%d]@%d: %s (%s)", msg.topic, msg.partition, msg.offset, exc.reason, exc)
+                self._send_dead_letter(msg, job, exc.reason, str(exc))
+                continue
+            # The event's bytes are not kept: only the image (to store a mined frame as it arrived).
+            self._put(self._assemble_q, FrameWork(job, record, image, data))
+
+    def _assemble_loop(self) -> None:
+        src = self.settings.source
+        joiner: RadarJoiner[FrameWork, _Job] = RadarJoiner(src.radar_join_window_ms, src.radar_wait_ms)
+        batcher: MicroBatcher[FrameWork] = MicroBatcher(self.settings.batcher.max_batch,
+                                                        self.settings.batcher.max_wait_ms)
+        while not self._halt.is_set():
+            deadlines = [d for d in (joiner.next_deadline(), batcher.next_deadline()) if d is not None]
+            wait = _TICK_S if not deadlines else min(_TICK_S, max(0.0, min(deadlines) - time.monotonic()))
+            item = self._get(self._assemble_q, timeout=wait) if wait > 0 else self._get_nowait(self._assemble_q)
+            if isinstance(item, FrameWork):
+                joiner.add_frame(item.frame.vehicle_id, item.frame.timestamp_us, item, item.job.tp)
+            elif item is not None:
+                scan, job = item
+                joiner.add_radar(scan, job, job.tp)
+            flushing = self._flush.is_set() and self._assemble_q.empty()
+            joiner.tick(flush=flushing)
+            for job in joiner.pop_expired():
+                if self._live(job):
+                    self._done(job)
+            for work, scan in joiner.pop_ready():
+                work.radar = scan
+                batch = batcher.add(work)
+                if batch is not None:
+                    self._emit(batch)
+            batch = batcher.flush() if flushing else batcher.due()
+            if batch is not None:
+                self._emit(batch)
+
+    @staticmethod
+    def _get_nowait(q: queue.Queue[Any]) -> Any:
+        try:
+            return q.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _emit(self, batch: list[FrameWork]) -> None:
+        live = [w for w in batch if self._live(w.job)]
+        self.stats.dropped_revoked += len(batch) - len(live)
+        if live:
+            self._put(self._engine_q, live)
+
+    def _engine_loop(self) -> None:
+        while not self._halt.is_set():
+            batch: list[FrameWork] | None = self._get(self._engine_q)
+            if batch is None:
+                continue
+            acquire = getattr(self.engines, "acquire", None)
+            # One model per batch: a hot-swap lands between batches, never inside one.
+            with acquire() if acquire is not None else contextlib.nullcontext(self.engines.current) as engine:
+                h, w = engine.input_hw
+                if all(f.image.shape[:2] == (h, w) for f in batch):
+                    images = np.stack([f.image for f in batch])  # [N, H, W, 3]
+                else:  # decoded before a swap to a model with another input size
+                    from avminer.engines.base import resize_batch
+
+                    images = resize_batch([f.image for f in batch], h, w)
+                start = time.perf_counter()
+                try:
+                    out = engine.infer(images)
+                except EngineError as exc:
+                    log.warning("engine %s failed on a batch of %d (%s); retrying once",
+                                engine.version, len(batch), exc)
+                    out = engine.infer(images)
+            self.stats.engine_s += time.perf_counter() - start
+            self.stats.batches += 1
+            live = [i for i, f in enumerate(batch) if self._live(f.job)]
+            if len(live) < len(batch):  # revoked while at the engine: discard, never commit
+                self.stats.dropped_revoked += len(batch) - len(live)
+                if not live:
+                    continue
+                batch = [batch[i] for i in live]
+                out = _take(out, live)
+                images = images[live]
+            self._put(self._score_q, (batch, out, images, engine))
+
+    def _scorer(self, engine: Any) -> Any:
+        scorer = self._scorers.get(engine.version)
+        if scorer is None:
+            scorer = self._scorer_for(engine)
+            self._scorers = {engine.version: scorer}  # one model at a time; the old one can go
+        return scorer
+
+    def _score_loop(self) -> None:
+        from avminer.selection.policy import Candidate
+
+        while not self._halt.is_set():
+            item = self._get(self._score_q)
+            if item is None:
+                continue
+            batch, out, images, engine = item
+            frames = [w.frame for w in batch]
+            scores = self._scorer(engine).score(
+                out.probs, out.features, images, frames, [w.radar for w in batch]
+            )
+            candidates = [
+                Candidate(
+                    sample_id=f.sample_id, camera_key=f"{f.vehicle_id}/{f.camera_id}", slice=s.slice,
+                    scores=dict(s.scores), embedding=s.embedding, timestamp_s=f.timestamp_us / 1e6,
+                )
+                for f, s in zip(frames, scores, strict=True)
+            ]
+            verdicts = self.policy.select(candidates)
+            now_us = int(time.time() * 1_000_000)
+            samples, decided = [], []
+            for w, s, v, img in zip(batch, scores, verdicts, images, strict=True):
+                d = Decision(
+                    sample_id=w.frame.sample_id, frame_id=w.frame.frame_id, vehicle_id=w.frame.vehicle_id,
+                    camera_id=w.frame.camera_id, timestamp_us=w.frame.timestamp_us, model_version=out.version,
+                    slice=s.slice, mined=bool(v.mined),
+                    scores={k: float(x) for k, x in {**s.scores, **getattr(v, "scores", {})}.items()},
+                    reasons=list(v.reasons), topic=w.job.topic, partition=w.job.partition, offset=w.job.offset,
+                    decided_at_us=now_us,
+                )
+                samples.append(self._sample(w, d, s, float(v.priority)))
+                decided.append(DecidedFrame(w.frame, img, d, s, float(v.priority)))
+            if self.on_decided is not None:
+                self.on_decided(decided)
+            self._put(self._sink_q, (batch, samples))
+
+    def _sample(self, w: FrameWork, d: Decision, s: Any, priority: float) -> Any:
+        from avminer.sinks.base import MinedSample
+
+        sample = MinedSample(decision=d, width=w.frame.width, height=w.frame.height, priority=priority,
+                             image_uri=w.frame.image_uri)
+        if d.mined:
+            if sample.image_uri is None:
+                sample.image = w.encoded
+                sample.content_type = f"image/{'jpeg' if w.frame.encoding in ('jpeg', 'jpg') else w.frame.encoding}"
+            sample.uncertainty_png = uncertainty_png(s.uncertainty_map)
+            sample.prediction_png = _png(np.asarray(s.prediction, dtype=np.uint8))
+        return sample
+
+    def _sink_loop(self) -> None:
+        from avminer.sinks.base import retry_until_available
+
+        def paused(exc: SinkUnavailableError, attempt: int) -> None:
+            SINK_ERRORS.labels(sink="writer").inc()
+
+        while not self._halt.is_set():
+            item = self._get(self._sink_q)
+            if item is None:
+                continue
+            batch, samples = item
+            try:
+                report = retry_until_available(functools.partial(self.writer.write_batch, samples),
+                                               stop=self._halt, on_pause=paused)
+            except SinkUnavailableError:
+                return  # shutting down while a sink is away: nothing committed, replayed later
+            self.stats.requests_sent += int(getattr(report, "requests_sent", 0))
+            for w, sample in zip(batch, samples, strict=True):
+                d = sample.decision
+                DECISIONS.labels(slice=d.slice, mined=str(d.mined).lower()).inc()
+                self.stats.decisions += 1
+                if d.mined:
+                    self.stats.mined += 1
+                    for reason in d.reasons:
+                        MINED.labels(slice=d.slice, reason=reason).inc()
+                        self.stats.mined_by_reason[reason] = self.stats.mined_by_reason.get(reason, 0) + 1
+                self._done(w.job)
+
+
+def _renice_current_thread(increment: int) -> None:
+    """Lower this thread's CPU priority (Linux: niceness is per thread). Best effort elsewhere.
+
+    The engine's intra-op threads synchronise at every layer, so a plumbing thread that preempts one
+    of them stalls all of them; at a higher niceness the plumbing runs in the engine's gaps instead.
+    """
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
+    except (AttributeError, OSError) as exc:
+        log.debug("cannot renice stage thread: %s", exc)
+
+
+def _take(out: Any, rows: list[int]) -> Any:
+    """The engine output restricted to batch rows ``rows`` (same type, same version)."""
+    import dataclasses
+
+    return dataclasses.replace(out, probs=out.probs[:, rows], features=out.features[rows])
+
+
+def _png(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def uncertainty_png(umap: np.ndarray) -> bytes:
+    """A per-pixel uncertainty map as an 8-bit grey PNG, scaled to its own maximum (a picture for labelers)."""
+    m = np.asarray(umap, dtype=np.float32)  # [H, W]
+    top = float(m.max()) if m.size else 0.0
+    scaled = np.zeros(m.shape, np.uint8) if top <= 0 else np.clip(m / top * 255.0, 0, 255).astype(np.uint8)
+    return _png(scaled)
+
+
+def default_scorer_factory(settings: Settings) -> Callable[[Any], Any]:
+    """Build a :class:`~avminer.scoring.scorer.Scorer` from an engine's bundle (classes, reference stats)."""
+
+    def build(engine: Any) -> Any:
+        from avminer.scoring.scorer import Scorer
+        from avminer.scoring.shift import ShiftReference
+
+        bundle = engine.bundle
+        ref_path = getattr(bundle, "reference_path", None)
+        reference = ShiftReference.load(ref_path) if ref_path is not None else None
+        return Scorer(settings.scoring, list(bundle.classes), reference)
+
+    return build
+

@@ -1,0 +1,195 @@
+"""Camera-radar disagreement: radar detections projected into the image and checked against the ensemble.
+
+Geometry (the same as the radar simulator of :mod:`avminer.datasets.camvid`): a pinhole camera
+``height_m`` = 1.2 m above a flat road, horizontal field of view 60 degrees, principal point (and
+horizon) at the image centre, and the radar co-located with the camera, same boresight. Automotive
+radars resolve elevation poorly, so by default a detection is placed **on the road**: at range ``r``
+and azimuth ``az`` (positive left) it is ``x = r cos(az)`` forward and ``y = r sin(az)`` left, and
+projects to ``u = cx - fx * y / x``, ``v = cy + fy * height_m / x`` — the row where the object touches
+the ground (``use_elevation=True`` uses the reported elevation instead: ``v = cy - fy * z / x``).
+
+Radial velocities include the ego motion (a static wall approaches at ``-v_ego cos(az)``); a detection
+is a *moving object* when its ego-compensated radial speed ``|v_r + v_ego cos(az)|`` exceeds
+``min_speed_mps`` (``v_ego`` from the frame's GPS fix).
+
+Two kinds of disagreement count:
+
+- **missed object**: a moving detection whose object-sized window (standing on its ground contact
+  point) holds almost no object pixels (car, pedestrian, bicyclist): the ensemble sees background;
+- **ghost object**: a large connected object blob with no radar return (moving or not) near its box.
+
+The score is ``(missed + ghosts) / (moving detections + blobs)`` in [0, 1]; 0 without radar.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from avminer.errors import ScoringError
+from avminer.events.records import RadarDetection
+
+OBJECT_CLASSES = ("car", "pedestrian", "bicyclist")
+"""Classes radar is expected to see (moving or not)."""
+
+CAMVID_CLASSES = (
+    "sky", "building", "pole", "road", "sidewalk", "tree", "sign_symbol", "fence", "car", "pedestrian", "bicyclist",
+)
+"""Class names by id when the caller gives none (the CamVid 11-class set of the starter bundle)."""
+
+
+@dataclass(frozen=True)
+class CameraModel:
+    """Pinhole intrinsics at the resolution of the prediction, plus the radar's offset from the camera.
+
+    Attributes:
+        fx, fy: focal lengths in pixels.
+        cx, cy: principal point in pixels (cy is also the horizon row of a level camera).
+        height_m: camera height above the road (ground-plane placement of detections).
+        use_elevation: place detections by their reported elevation instead of on the road.
+        radar_offset_m: radar position in the camera frame (forward, left, up), metres.
+    """
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    height_m: float = 1.2
+    use_elevation: bool = False
+    radar_offset_m: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    @classmethod
+    def from_fov(cls, width: int, height: int, hfov_deg: float = 60.0, height_m: float = 1.2) -> CameraModel:
+        """Square pixels, principal point at the centre, horizontal field of view ``hfov_deg``."""
+        f = (width / 2.0) / math.tan(math.radians(hfov_deg) / 2.0)
+        return cls(fx=f, fy=f, cx=width / 2.0, cy=height / 2.0, height_m=height_m)
+
+    def scaled(self, sx: float, sy: float) -> CameraModel:
+        """The same camera at a resized resolution (``sx = new_width / old_width``)."""
+        return dataclasses.replace(self, fx=self.fx * sx, fy=self.fy * sy, cx=self.cx * sx, cy=self.cy * sy)
+
+
+def project(detections: Sequence[RadarDetection], camera: CameraModel) -> tuple[np.ndarray, np.ndarray]:
+    """Project detections to pixels (ground-plane placement unless ``camera.use_elevation``).
+
+    Returns:
+        ``(uv [M, 2] float64, forward [M] float64)``; detections behind the camera get NaN pixels.
+    """
+    if not detections:
+        return np.zeros((0, 2)), np.zeros(0)
+    a = np.array([(d.range_m, d.azimuth_rad, d.elevation_rad) for d in detections], dtype=np.float64)  # [M, 3]
+    r, az, el = a[:, 0], a[:, 1], a[:, 2]
+    ox, oy, oz = camera.radar_offset_m
+    if camera.use_elevation:
+        x = r * np.cos(el) * np.cos(az) + ox  # forward
+        y = r * np.cos(el) * np.sin(az) + oy  # left
+        z = r * np.sin(el) + oz  # up
+    else:
+        x = r * np.cos(az) + ox
+        y = r * np.sin(az) + oy
+        z = np.full_like(x, -camera.height_m)  # on the road
+    ok = x > 0.1
+    safe = np.where(ok, x, 1.0)
+    uv = np.stack([camera.cx - camera.fx * y / safe, camera.cy - camera.fy * z / safe], axis=1)  # [M, 2]
+    uv[~ok] = np.nan
+    return uv, x
+
+
+def _components(mask: np.ndarray) -> list[np.ndarray]:
+    """4-connected components of a small boolean grid, as arrays of (row, col) cells."""
+    h, w = mask.shape
+    seen = np.zeros_like(mask, dtype=bool)
+    comps: list[np.ndarray] = []
+    for r0, c0 in zip(*np.nonzero(mask), strict=True):
+        if seen[r0, c0]:
+            continue
+        stack = [(int(r0), int(c0))]
+        seen[r0, c0] = True
+        cells = []
+        while stack:
+            r, c = stack.pop()
+            cells.append((r, c))
+            for rr, cc in ((r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1)):
+                if 0 <= rr < h and 0 <= cc < w and mask[rr, cc] and not seen[rr, cc]:
+                    seen[rr, cc] = True
+                    stack.append((rr, cc))
+        comps.append(np.array(cells))
+    return comps
+
+
+def radar_disagreement(
+    pred: np.ndarray,
+    detections: Sequence[RadarDetection] | None,
+    image_size: tuple[int, int],
+    camera: CameraModel | None = None,
+    classes: Sequence[str] = CAMVID_CLASSES,
+    ego_speed_mps: float = 0.0,
+    min_speed_mps: float = 0.8,
+    cell: int = 8,
+    min_blob_cells: int = 6,
+    object_width_m: float = 1.5,
+    object_height_m: float = 1.6,
+) -> float:
+    """Disagreement between the ensemble's prediction and one radar scan, in [0, 1].
+
+    Args:
+        pred: class ids ``[H, W]`` (argmax of the mean probabilities), at the engine's input size.
+        detections: the scan's detections (None or empty: no radar, score 0).
+        image_size: ``(width, height)`` of the image the camera model refers to; projections are
+            rescaled to ``pred``'s size.
+        camera: intrinsics at ``image_size``; None derives them from ``image_size`` (60 degree HFOV).
+        classes: class names by id.
+        ego_speed_mps: the vehicle's speed, to remove ego motion from radial velocities.
+        min_speed_mps: ego-compensated |radial velocity| above which a detection is a moving object.
+        cell: grid cell (pixels) for blob finding; blobs are connected cells that are mostly objects.
+        min_blob_cells: smaller blobs are too small (far) to expect a radar return.
+        object_width_m: width of the window searched for object pixels around a detection.
+        object_height_m: height of that window, upwards from the ground contact point.
+    """
+    p = np.asarray(pred)
+    if p.ndim != 2:
+        raise ScoringError(f"pred must be [H, W] class ids, got shape {p.shape}")
+    if not detections:
+        return 0.0
+    h, w = p.shape
+    width, height = image_size
+    cam = (camera or CameraModel.from_fov(width, height)).scaled(w / width, h / height)
+    obj_ids = [i for i, name in enumerate(classes) if name in OBJECT_CLASSES]
+    is_obj = np.isin(p, obj_ids)  # [H, W]
+
+    uv, depth = project(detections, cam)
+    # a near object's ground contact can lie just below the frame: keep it, its body is in view
+    inside = np.isfinite(uv).all(axis=1) & (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < 1.25 * h)
+    radial = np.array([d.radial_velocity_mps for d in detections], dtype=np.float64)
+    az = np.array([d.azimuth_rad for d in detections], dtype=np.float64)
+    speed = np.abs(radial + ego_speed_mps * np.cos(az))  # the object's own radial speed
+
+    missed = 0
+    moving = np.nonzero(inside & (speed > min_speed_mps))[0]
+    for i in moving:
+        half = int(np.clip(cam.fx * object_width_m / 2.0 / max(depth[i], 0.1), 2, max(h, w) // 4))
+        tall = int(np.clip(cam.fy * object_height_m / max(depth[i], 0.1), 3, h // 2))
+        u, v = int(uv[i, 0]), min(int(uv[i, 1]), h - 1)
+        window = is_obj[max(0, v - tall): v + 3, max(0, u - half): u + half + 1]  # standing on (u, v)
+        if window.size == 0 or window.mean() < 0.1:
+            missed += 1
+
+    gh, gw = h // cell, w // cell
+    blobs: list[np.ndarray] = []
+    if gh and gw:
+        occupancy = is_obj[: gh * cell, : gw * cell].reshape(gh, cell, gw, cell).mean(axis=(1, 3))  # [gh, gw]
+        blobs = [b for b in _components(occupancy >= 0.5) if len(b) >= min_blob_cells]
+    ghosts = 0
+    pts = uv[inside]  # [M', 2]
+    for b in blobs:
+        r0, c0 = b.min(axis=0) - 1  # grow the box by one cell
+        r1, c1 = b.max(axis=0) + 2
+        hit = (pts[:, 0] >= c0 * cell) & (pts[:, 0] < c1 * cell) & (pts[:, 1] >= r0 * cell) & (pts[:, 1] < r1 * cell)
+        if not hit.any():
+            ghosts += 1
+    total = len(moving) + len(blobs)
+    return 0.0 if total == 0 else float((missed + ghosts) / total)

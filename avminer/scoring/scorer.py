@@ -1,0 +1,188 @@
+"""The scoring stage: one call per engine batch turns ensemble outputs into per-frame scores.
+
+For every frame the :class:`Scorer` computes
+
+- ``mi``: mutual information (BALD) pooled by ``settings.aggregation``, rare-class pixels weighted by
+  ``settings.rare_class_weight`` — the uncertainty score mining ranks by;
+- ``entropy``, ``expected_entropy``, ``variation_ratio``, ``margin``: the other uncertainty measures,
+  pooled the same way without class weights (for analysis and the catalog);
+- ``shift``: squared Mahalanobis distance of the pooled features to the frame's slice reference
+  (0 when the bundle has no reference statistics);
+- ``msp``: the max-softmax baseline ``1 - mean max p̄``;
+- ``radar``: camera-radar disagreement in [0, 1] (0 without a radar scan),
+
+tags its condition slice, updates the per-slice drift monitor, and exports the
+``avminer_drift_statistic`` / ``avminer_drift_alarm`` gauges and the per-frame uncertainty and shift
+histograms of :mod:`avminer.metrics` (pass ``export_metrics=False`` to keep them untouched).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from avminer.config import ScoringSettings
+from avminer.errors import ScoringError
+from avminer.events.records import CameraFrame, RadarScan
+from avminer.scoring.conditions import tag
+from avminer.scoring.radar import CameraModel, radar_disagreement
+from avminer.scoring.shift import ALL, DriftMonitor, ShiftReference, max_softmax_score
+from avminer.scoring.uncertainty import (
+    MEASURES,
+    aggregate,
+    mean_prediction,
+    rare_class_weights,
+    uncertainty_maps,
+)
+
+SCORE_KEYS = ("mi", "entropy", "expected_entropy", "variation_ratio", "margin", "shift", "msp", "radar")
+"""Keys of :attr:`FrameScore.scores`, always all present."""
+
+
+@dataclass
+class FrameScore:
+    """Everything the selection stage and the sinks need to know about one scored frame.
+
+    Attributes:
+        slice: condition slice key ``time_of_day/weather/region``.
+        scores: :data:`SCORE_KEYS` -> value.
+        embedding: ``[D]`` float32 feature vector for near-duplicate checks; standardised and centred on
+            the reference's pooled mean when a reference exists, so cosine similarity is meaningful.
+        prediction: ``[H, W]`` uint8 class ids (argmax of the mean probabilities).
+        uncertainty_map: ``[H, W]`` float32 per-pixel mutual information (nats).
+    """
+
+    slice: str
+    scores: dict[str, float]
+    embedding: np.ndarray
+    prediction: np.ndarray
+    uncertainty_map: np.ndarray
+
+
+class Scorer:
+    """Scores engine batches; holds the per-slice drift monitor.
+
+    Args:
+        settings: ``settings.scoring``.
+        classes: class names by id (the bundle's ``classes``).
+        reference: the bundle's shift reference (None: shift scores are 0 and drift is not tracked).
+        camera: camera model for radar projection at the frames' native size (None: 60 degree HFOV).
+        export_metrics: update the Prometheus drift gauges and score histograms.
+    """
+
+    def __init__(
+        self,
+        settings: ScoringSettings,
+        classes: Sequence[str],
+        reference: ShiftReference | None,
+        camera: CameraModel | None = None,
+        export_metrics: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.classes = list(classes)
+        self.reference = reference
+        self.camera = camera
+        self.export_metrics = export_metrics
+        self.drift = DriftMonitor(settings.drift_window, settings.drift_alarm, reference)
+
+    def set_reference(self, reference: ShiftReference | None) -> None:
+        """Swap the shift reference (a new model bundle); the drift windows restart."""
+        self.reference = reference
+        self.drift = DriftMonitor(self.settings.drift_window, self.settings.drift_alarm, reference)
+
+    def embed(self, features: np.ndarray) -> np.ndarray:
+        """Embeddings for near-duplicate checks: ``[N, D]`` float32 (see :attr:`FrameScore.embedding`)."""
+        f = np.asarray(features, dtype=np.float32)
+        if self.reference is None or self.reference.dim != f.shape[1]:
+            return f.copy()
+        ref = self.reference.slices[ALL]
+        return (f / self.reference.scale - ref.mean).astype(np.float32)
+
+    def score(
+        self,
+        out_probs: np.ndarray,
+        features: np.ndarray,
+        images: np.ndarray,
+        frames: Sequence[CameraFrame],
+        radar: Sequence[RadarScan | None],
+    ) -> list[FrameScore]:
+        """Score one batch.
+
+        Args:
+            out_probs: ``[K, N, C, H, W]`` member probabilities.
+            features: ``[N, D]`` pooled features.
+            images: ``[N, H, W, 3]`` uint8 frames at the engine's input size (for condition inference).
+            frames: the N frames (metadata, GPS, native size).
+            radar: per frame the joined radar scan, or None.
+
+        Raises:
+            ScoringError: inconsistent batch sizes or shapes.
+        """
+        probs = np.asarray(out_probs)
+        if probs.ndim != 5:
+            raise ScoringError(f"probs must be [K, N, C, H, W], got shape {probs.shape}")
+        n = probs.shape[1]
+        feats = np.asarray(features)
+        if feats.ndim != 2 or len(feats) != n or len(images) != n or len(frames) != n or len(radar) != n:
+            raise ScoringError(
+                f"batch sizes differ: probs {n}, features {feats.shape}, images {len(images)}, "
+                f"frames {len(frames)}, radar {len(radar)}"
+            )
+        if probs.shape[2] != len(self.classes):
+            raise ScoringError(f"probs have {probs.shape[2]} classes, the bundle names {len(self.classes)}")
+        s = self.settings
+        slices = [str(tag(f.conditions, images[i], f.gps, s)) for i, f in enumerate(frames)]
+        maps = uncertainty_maps(probs, MEASURES)  # name -> [N, H, W]
+        pred = mean_prediction(probs)  # [N, H, W]
+
+        def pool(name: str, weights: np.ndarray | None = None) -> np.ndarray:
+            return aggregate(maps[name], s.aggregation, s.topk_fraction, s.grid, weights)
+
+        pooled = {name: pool(name) for name in MEASURES if name != "mi"}
+        pooled["mi"] = pool("mi", rare_class_weights(pred, self.classes, s.rare_class_weight))
+        pooled["msp"] = max_softmax_score(probs)
+        if self.reference is not None and self.reference.dim == feats.shape[1]:
+            pooled["shift"] = self.reference.mahalanobis(feats, slices)
+        else:
+            pooled["shift"] = np.zeros(n, dtype=np.float32)
+        h, w = pred.shape[1:]
+        radar_scores = []
+        for i, scan in enumerate(radar):
+            gps = frames[i].gps
+            radar_scores.append(radar_disagreement(
+                pred[i], scan.detections if scan else None, (frames[i].width or w, frames[i].height or h),
+                self.camera, self.classes, ego_speed_mps=gps.speed_mps if gps is not None else 0.0,
+            ))
+        pooled["radar"] = np.array(radar_scores, dtype=np.float32)
+        embeddings = self.embed(feats)
+        out = [
+            FrameScore(
+                slice=slices[i],
+                scores={k: float(pooled[k][i]) for k in SCORE_KEYS},
+                embedding=embeddings[i],
+                prediction=pred[i],
+                uncertainty_map=maps["mi"][i],
+            )
+            for i in range(n)
+        ]
+        if self.reference is not None:
+            for key in sorted(set(slices)):
+                self.drift.update(key, [fs.scores["shift"] for fs in out if fs.slice == key])
+        if self.export_metrics:
+            self._export(out)
+        return out
+
+    def _export(self, scored: list[FrameScore]) -> None:
+        from avminer import metrics
+
+        for fs in scored:
+            metrics.UNCERTAINTY.labels(fs.slice).observe(fs.scores["mi"])
+            if self.reference is not None:
+                metrics.SHIFT_SCORE.labels(fs.slice).observe(fs.scores["shift"])
+            if fs.scores["radar"] >= 0.5:
+                metrics.RADAR_DISAGREEMENT.labels(fs.slice).inc()
+        for key, (value, alarm) in self.drift.values().items():
+            metrics.DRIFT.labels(key).set(value)
+            metrics.DRIFT_ALARM.labels(key).set(1.0 if alarm else 0.0)

@@ -1,0 +1,404 @@
+"""The selection policy: which scored frames are worth a human's time.
+
+**Priority.** Each frame has four component scores: ``mi`` (ensemble mutual information), ``shift``
+(Mahalanobis), ``radar`` (camera-radar disagreement) and ``novelty`` (``1 -`` the highest cosine
+similarity of its embedding to recently seen frames). Their scales differ and drift with the model, so
+each is turned into a per-slice *tail surprise* ``s_i = -log10(fraction of the slice's frames scoring
+higher)`` from a mergeable quantile sketch of that component (a frame in the top 1/1000 of MI has
+``s = 3``). The priority is the weighted max ``max_i w_i * s_i`` (``settings.score_weights``): any one
+reason can carry a frame, and the reasons of a mined frame are the components that alone clear the
+threshold (``uncertainty``, ``shift``, ``radar``, ``novelty``).
+
+**Threshold.** Per slice, mined iff ``priority > quantile(1 - rate)`` of the slice's priority sketch,
+where the sketches are this miner's merged with every other miner's (:meth:`merge_remote`), so the
+fleet as a whole mines at the target rate whatever the partition skew. ``rate`` is
+``settings.slice_rates[slice]`` if the key is there exactly, else the highest rate among matching
+wildcard patterns, else ``settings.target_rate``. Until a slice's merged sketches hold
+``warmup_frames`` frames its threshold is borrowed from the priorities of all slices pooled (surprises
+are within-slice ranks, so priorities are distributed alike across slices), once the slice has
+:data:`WARMUP_MIN_FRAMES` frames and the pool ``warmup_frames``; before that nothing is mined
+(``warmup``). Thresholds are re-read from the sketches
+every :data:`REFRESH_EVERY` frames of a slice (and when remote sketches arrive), not per frame.
+
+**Guards** (in this order, after the threshold): near-duplicate of a recently *mined* frame (cosine
+similarity ``>= duplicate_similarity``), per-camera cooldown on the frames' own timestamps, per-slice
+hourly token bucket on the injected clock.
+
+**Duplicates of seen frames.** A frame whose embedding is a near-duplicate of one of the last
+``memory_size`` frames *seen* (mined or not) is rejected outright and not added to the sketches: it
+carries no new information, so a camera stuck on one scene, a stationary vehicle or a replayed stream
+neither inflates the statistics nor gets a second chance at the threshold. This is also the
+within-batch diversity rule: candidates are taken in arrival order and the first of two near-identical
+frames wins. Rates are therefore per *distinct* frame; :meth:`stats` reports both.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from avminer.config import SelectionSettings
+from avminer.errors import SelectionError
+from avminer.selection.budget import TokenBucket
+from avminer.selection.memory import EmbeddingMemory, normalize
+from avminer.selection.sketch import QuantileSketch
+
+COMPONENTS = ("mi", "shift", "radar", "novelty")
+"""Score components of the priority, in order."""
+REASONS = {"mi": "uncertainty", "shift": "shift", "radar": "radar", "novelty": "novelty"}
+"""The reason a mined frame carries for each component."""
+PRIORITY = "priority"
+REFRESH_EVERY = 16
+"""Frames of a slice between two re-reads of its thresholds (more once its sketch is large)."""
+WARMUP_MIN_FRAMES = 20
+"""A warming-up slice borrows the pooled threshold once it has this many frames of its own."""
+"""Frames of a slice between two re-reads of its thresholds (fewer when its sketch is small)."""
+SKETCH_ACCURACY = 0.0025
+"""Relative accuracy of every sketch; every miner of a fleet must use the same."""
+
+_PACK_VERSION = 1
+
+
+@dataclass
+class Candidate:
+    """One scored frame offered to the policy."""
+
+    sample_id: str
+    camera_key: str  # vehicle/camera: the cooldown unit
+    slice: str
+    scores: Mapping[str, float]  # at least mi, shift, radar (missing ones count as 0)
+    embedding: np.ndarray | None  # [D]; None disables duplicate checks and novelty for this frame
+    timestamp_s: float  # the frame's own time (cooldown runs on it, so replays behave like live)
+
+
+@dataclass
+class Verdict:
+    """The policy's answer for one candidate.
+
+    Attributes:
+        mined: send it to labeling.
+        reasons: for mined frames, the components that alone clear the threshold.
+        priority: the weighted max of tail surprises.
+        rejected: why not mined: warmup, below_threshold, duplicate, cooldown or budget (None if mined).
+        threshold: the slice's threshold when decided (None during warm-up).
+        scores: ``novelty`` and the per-component surprises ``surprise_<component>``.
+    """
+
+    mined: bool
+    reasons: list[str]
+    priority: float
+    rejected: str | None = None
+    threshold: float | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+def _new_sketches() -> dict[str, QuantileSketch]:
+    return {name: QuantileSketch(SKETCH_ACCURACY) for name in (*COMPONENTS, PRIORITY)}
+
+
+def pack_sketches(sketches: Mapping[str, QuantileSketch]) -> bytes:
+    """One slice's named sketches as bytes: ``u8 version | u8 n | (u8 len, name, u32 len, sketch)*``."""
+    parts = [struct.pack("<BB", _PACK_VERSION, len(sketches))]
+    for name, sk in sorted(sketches.items()):
+        raw_name, raw = name.encode(), sk.to_bytes()
+        parts.append(struct.pack("<B", len(raw_name)) + raw_name + struct.pack("<I", len(raw)) + raw)
+    return b"".join(parts)
+
+
+def unpack_sketches(data: bytes) -> dict[str, QuantileSketch]:
+    """Inverse of :func:`pack_sketches`.
+
+    Raises:
+        SelectionError: truncated or of an unknown version.
+    """
+    try:
+        version, n = struct.unpack_from("<BB", data, 0)
+        if version != _PACK_VERSION:
+            raise SelectionError(f"sketch pack version {version} is not {_PACK_VERSION}; upgrade avminer")
+        pos, out = 2, {}
+        for _ in range(n):
+            (ln,) = struct.unpack_from("<B", data, pos)
+            name = data[pos + 1: pos + 1 + ln].decode()
+            (size,) = struct.unpack_from("<I", data, pos + 1 + ln)
+            start = pos + 5 + ln
+            if start + size > len(data):
+                raise SelectionError("sketch pack truncated")
+            out[name] = QuantileSketch.from_bytes(data[start: start + size])
+            pos = start + size
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise SelectionError(f"sketch pack is malformed ({exc})") from exc
+    return out
+
+
+@dataclass
+class _Slice:
+    local: dict[str, QuantileSketch]
+    bucket: TokenBucket
+    rate: float
+    snapshot: dict[str, QuantileSketch] | None = None
+    threshold: float | None = None
+    since_refresh: int = 0
+    frames: int = 0
+    distinct: int = 0
+    mined: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+
+
+class SelectionPolicy:
+    """Per-slice thresholds from mergeable sketches, plus budgets, cooldowns and duplicate suppression.
+
+    Args:
+        settings: ``settings.selection``.
+        clock: seconds, for the hourly budgets (injectable for tests).
+    """
+
+    def __init__(self, settings: SelectionSettings, clock: Callable[[], float] = time.time) -> None:
+        unknown = set(settings.score_weights) - set(COMPONENTS)
+        if unknown:
+            raise SelectionError(
+                f"selection.score_weights: unknown components {sorted(unknown)}; use {', '.join(COMPONENTS)}"
+            )
+        self.settings = settings
+        self.clock = clock
+        self.weights = {c: float(settings.score_weights.get(c, 0.0)) for c in COMPONENTS}
+        self._slices: dict[str, _Slice] = {}
+        self._remote: dict[str, dict[str, dict[str, QuantileSketch]]] = {}
+        self._seen = EmbeddingMemory(settings.memory_size)
+        self._mined = EmbeddingMemory(settings.memory_size)
+        self._last_mined: dict[str, float] = {}
+        self._pooled: tuple[int, QuantileSketch] | None = None
+        self._pooled_stale = False
+        # The fleet sync merges remote sketches from its own thread; selection runs in the scoring thread.
+        self._lock = threading.RLock()
+
+    # -- configuration -----------------------------------------------------------------------------------
+    def rate_for(self, slice_key: str) -> float:
+        """Target mined fraction of a slice (exact key, else the highest matching pattern, else default)."""
+        rates = self.settings.slice_rates
+        if slice_key in rates:
+            return float(rates[slice_key])
+        matches = [r for pattern, r in rates.items() if fnmatch.fnmatchcase(slice_key, pattern)]
+        return float(max(matches)) if matches else float(self.settings.target_rate)
+
+    def _state(self, slice_key: str) -> _Slice:
+        st = self._slices.get(slice_key)
+        if st is None:
+            st = _Slice(_new_sketches(), TokenBucket(self.settings.hourly_budget, 3600.0, self.clock),
+                        self.rate_for(slice_key))
+            self._slices[slice_key] = st
+        return st
+
+    # -- thresholds ----------------------------------------------------------------------------------------
+    def _merged(self, slice_key: str) -> dict[str, QuantileSketch]:
+        st = self._state(slice_key)
+        merged = {name: sk.copy() for name, sk in st.local.items()}
+        for remote in self._remote.values():
+            for name, sk in remote.get(slice_key, {}).items():
+                if name in merged:
+                    merged[name].merge(sk)
+        return merged
+
+    def _refresh(self, slice_key: str, st: _Slice) -> None:
+        st.snapshot = self._merged(slice_key)
+        st.since_refresh = 0
+        pri = st.snapshot[PRIORITY]
+        warmup = max(self.settings.warmup_frames, 1)
+        if pri.count >= warmup:
+            st.threshold = pri.quantile(1.0 - st.rate)
+            return
+        # Warming up. Surprises are ranks within the slice, so priorities are distributed alike in every
+        # slice: borrow the threshold from all slices' priorities once this slice has a few frames.
+        pooled = self._pooled_priority()
+        enough = pri.count >= min(warmup, WARMUP_MIN_FRAMES) and pooled.count >= warmup
+        st.threshold = pooled.quantile(1.0 - st.rate) if enough else None
+
+    def _pooled_priority(self) -> QuantileSketch:
+        """Priority sketch of every slice, local and remote (cached for :data:`REFRESH_EVERY` frames)."""
+        total = sum(st.distinct for st in self._slices.values())
+        if self._pooled is None or total - self._pooled[0] >= REFRESH_EVERY or self._pooled_stale:
+            pooled = QuantileSketch(SKETCH_ACCURACY)
+            for st in self._slices.values():
+                pooled.merge(st.local[PRIORITY])
+            for remote in self._remote.values():
+                for slice_sk in remote.values():
+                    if PRIORITY in slice_sk:
+                        pooled.merge(slice_sk[PRIORITY])
+            self._pooled, self._pooled_stale = (total, pooled), False
+        return self._pooled[1]
+
+    def threshold(self, slice_key: str) -> float | None:
+        """Current priority threshold of a slice (None while warming up)."""
+        with self._lock:
+            st = self._state(slice_key)
+            self._refresh(slice_key, st)
+            return st.threshold
+
+    # -- selection -----------------------------------------------------------------------------------------
+    def select(self, cands: Sequence[Candidate]) -> list[Verdict]:
+        """Decide a batch, in arrival order (the first of two near-identical frames wins)."""
+        if not cands:
+            return []
+        with self._lock:
+            return self._select(cands)
+
+    def _select(self, cands: Sequence[Candidate]) -> list[Verdict]:
+        units: list[np.ndarray | None] = []
+        for c in cands:
+            if c.embedding is None:
+                units.append(None)
+                continue
+            e = np.asarray(c.embedding, dtype=np.float32).reshape(1, -1)
+            if not np.isfinite(e).all():
+                raise SelectionError(f"candidate {c.sample_id}: embedding has NaN or inf")
+            units.append(normalize(e))
+        return [self._decide(c, u) for c, u in zip(cands, units, strict=True)]
+
+    def _decide(self, c: Candidate, unit: np.ndarray | None) -> Verdict:
+        s = self.settings
+        st = self._state(c.slice)
+        st.frames += 1
+        novelty = 0.0
+        if unit is not None:
+            sim = float(self._seen.max_similarity(unit)[0])
+            if sim >= s.duplicate_similarity:
+                st.rejected["duplicate"] += 1
+                return Verdict(False, [], 0.0, "duplicate", st.threshold, {"novelty": 1.0 - sim})
+            novelty = 1.0 - max(sim, 0.0) if len(self._seen) else 1.0
+            self._seen.add(unit)
+
+        grown = max(REFRESH_EVERY, st.distinct // 100)
+        if st.snapshot is None or st.since_refresh >= grown or st.threshold is None and st.since_refresh:
+            self._refresh(c.slice, st)
+        assert st.snapshot is not None
+        values = {name: float(c.scores.get(name, 0.0)) for name in ("mi", "shift", "radar")}
+        values["novelty"] = novelty
+        priority, surprise = self._priority(st.snapshot, values)
+        for name, v in values.items():
+            st.local[name].update(v if math.isfinite(v) else 0.0)
+        st.local[PRIORITY].update(priority)
+        st.distinct += 1
+        st.since_refresh += 1
+        extra = {"novelty": novelty, **{f"surprise_{n}": v for n, v in surprise.items()}}
+
+        if st.threshold is None:
+            return self._reject(st, "warmup", priority, extra)
+        if priority <= st.threshold:
+            return self._reject(st, "below_threshold", priority, extra)
+        if unit is not None and float(self._mined.max_similarity(unit)[0]) >= s.duplicate_similarity:
+            return self._reject(st, "duplicate", priority, extra)
+        last = self._last_mined.get(c.camera_key)
+        if last is not None and abs(c.timestamp_s - last) < s.camera_cooldown_s:
+            return self._reject(st, "cooldown", priority, extra)
+        if not st.bucket.try_take():
+            return self._reject(st, "budget", priority, extra)
+        threshold = st.threshold
+        reasons = [REASONS[n] for n in COMPONENTS if n in surprise and self.weights[n] * surprise[n] > threshold]
+        if unit is not None:
+            self._mined.add(unit)
+        self._last_mined[c.camera_key] = c.timestamp_s
+        st.mined += 1
+        st.reasons.update(reasons)
+        return Verdict(True, reasons, priority, None, threshold, extra)
+
+    def _priority(self, sketches: Mapping[str, QuantileSketch], values: Mapping[str, float]
+                  ) -> tuple[float, dict[str, float]]:
+        surprise: dict[str, float] = {}
+        for name in COMPONENTS:
+            if self.weights[name] <= 0.0:
+                continue
+            sk = sketches[name]
+            above = sk.count_above_one(float(values.get(name, 0.0))) if sk.count else 0.0
+            surprise[name] = -math.log10((above + 0.5) / (sk.count + 1.0))
+        return max((self.weights[n] * v for n, v in surprise.items()), default=0.0), surprise
+
+    def priority(self, slice_key: str, scores: Mapping[str, float]) -> tuple[float, dict[str, float]]:
+        """Priority and per-component surprises a frame with ``scores`` would get now (read-only probe).
+
+        ``scores`` may include ``novelty``; nothing is recorded.
+        """
+        with self._lock:
+            st = self._state(slice_key)
+            self._refresh(slice_key, st)
+            assert st.snapshot is not None
+            return self._priority(st.snapshot, scores)
+
+    @staticmethod
+    def _reject(st: _Slice, why: str, priority: float, extra: dict[str, float]) -> Verdict:
+        st.rejected[why] += 1
+        return Verdict(False, [], priority, why, st.threshold, extra)
+
+    # -- fleet -----------------------------------------------------------------------------------------------
+    def export_sketches(self) -> dict[str, bytes]:
+        """This miner's own per-slice sketches (cumulative), packed, for the fleet topic."""
+        with self._lock:
+            return {key: pack_sketches(st.local) for key, st in self._slices.items()}
+
+    def merge_remote(self, miner_id: str, sketches: Mapping[str, bytes]) -> None:
+        """Replace what is known of another miner's sketches (its latest publication wins).
+
+        Raises:
+            SelectionError: malformed sketches (nothing of this publication is kept).
+        """
+        parsed = {key: unpack_sketches(raw) for key, raw in sketches.items()}
+        for slice_sk in parsed.values():
+            for sk in slice_sk.values():
+                if sk.relative_accuracy != SKETCH_ACCURACY:
+                    raise SelectionError(
+                        f"miner {miner_id} publishes sketches of accuracy {sk.relative_accuracy}, this miner uses "
+                        f"{SKETCH_ACCURACY}; run the same avminer version across the fleet"
+                    )
+        with self._lock:
+            touched = set(parsed) | set(self._remote.get(miner_id, {}))
+            self._remote[miner_id] = parsed
+            self._pooled_stale = True
+            for key in touched:
+                self._refresh(key, self._state(key))
+
+    def forget_remote(self, miner_id: str) -> None:
+        """Drop a miner's sketches (it left the fleet: a tombstone on the topic)."""
+        with self._lock:
+            gone = self._remote.pop(miner_id, {})
+            self._pooled_stale = True
+            for key in gone:
+                self._refresh(key, self._state(key))
+
+    def reset_statistics(self) -> None:
+        """Forget local sketches and embedding memories (a new model changes every score's scale)."""
+        with self._lock:
+            for st in self._slices.values():
+                st.local = _new_sketches()
+                st.snapshot, st.threshold, st.since_refresh = None, None, 0
+            self._seen.clear()
+            self._mined.clear()
+            self._pooled = None
+
+    # -- observability ---------------------------------------------------------------------------------------
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per slice: frames, distinct frames, mined, rates, target, threshold, rejections, reasons."""
+        out: dict[str, dict[str, Any]] = {}
+        with self._lock:
+            items = sorted(self._slices.items())
+        for key, st in items:
+            out[key] = {
+                "frames": st.frames,
+                "distinct": st.distinct,
+                "mined": st.mined,
+                "mined_rate": st.mined / st.frames if st.frames else 0.0,
+                "distinct_rate": st.mined / st.distinct if st.distinct else 0.0,
+                "target_rate": st.rate,
+                "threshold": st.threshold,
+                "fleet_frames": st.snapshot[PRIORITY].count if st.snapshot else 0,
+                "rejected": dict(st.rejected),
+                "reasons": dict(st.reasons),
+            }
+        return out

@@ -1,0 +1,257 @@
+"""ExpandNets: train a compact net through a linear over-parameterisation, then contract it exactly.
+
+Guo, Alvarez, Salzmann, "ExpandNets: Linear Over-parameterization to Train Compact Convolutional
+Networks", NeurIPS 2020. Every ``kh×kw`` conv ``I -> O`` of the compact net is replaced, for training
+only, by a chain of linear layers with no nonlinearity in between, at expansion rate ``r`` (4 here):
+
+- ``1×1`` conv ``I -> r·I``, then
+- the ``kh×kw`` conv ``r·I -> r·O`` (kernels with a side >= 5 become a stack of 3×3-or-smaller convs
+  ``r·I -> r·I -> ... -> r·O`` whose sizes add up to the original receptive field), then
+- ``1×1`` conv ``r·O -> O``.
+
+The chain is affine, so after training it contracts algebraically into one ``kh×kw`` conv of the
+original shape (:func:`contract`): the kernels compose by full 2-D convolution of the kernels, and each
+bias is pushed through the layers after it (a constant feature map times a kernel is its sum).
+
+Padding and biases. Zero-padding the k×k layer's input is *not* the same as zero-padding the compact
+conv's input once the 1×1 before it has a bias: the expanded net would see zeros at the border where
+the contracted one sees the bias propagated through the 1×1. :class:`ExpandedConv` therefore pads once,
+on the input, with the conv's own padding and padding mode, and runs every layer of the chain as a valid
+(unpadded) convolution. That is exactly what the contracted conv computes, for every bias and at every
+border pixel; stride sits on the last spatial layer and dilation on every spatial layer (composition
+commutes with dilation and a strided last layer samples the composite at the strided positions).
+
+The arch's own ``{"expand": r}`` override (:class:`avminer.models.erfnet.ExpandedConv2d`) takes the other
+exact route, no bias before the last 1×1 so zero padding commutes; :func:`contract` handles both.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from avminer.errors import TrainerError
+from avminer.models.arch import validate_arch
+from avminer.models.ensemble import Ensemble
+from avminer.models.erfnet import ExpandedConv2d
+
+_PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
+
+
+def stack_kernels(kh: int, kw: int, large: int = 5) -> list[tuple[int, int]]:
+    """Kernel sizes of the spatial layers replacing a ``kh×kw`` kernel.
+
+    Kernels with a side ``>= large`` become a stack of at most 3×3 kernels with the same receptive
+    field (``1 + Σ(k_i - 1) = k`` on each axis): 5×5 -> two 3×3, 7×1 -> three 3×1, 6×6 -> 3×3, 3×3, 2×2.
+    """
+    if max(kh, kw) < large:
+        return [(kh, kw)]
+    layers = math.ceil((max(kh, kw) - 1) / 2)
+    sizes = []
+    left_h, left_w = kh - 1, kw - 1
+    for _ in range(layers):
+        step_h, step_w = min(2, left_h), min(2, left_w)
+        sizes.append((step_h + 1, step_w + 1))
+        left_h, left_w = left_h - step_h, left_w - step_w
+    return sizes
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, tuple | list) else (int(v), int(v))
+
+
+class ExpandedConv(nn.Module):
+    """A ``kh×kw`` conv expanded at rate ``r``: pad once, 1×1, spatial stack (valid), 1×1; all biased.
+
+    Attributes:
+        pad: ``(left, right, top, bottom)`` applied once to the input, with ``pad_mode``.
+        expand: 1×1 ``I -> r·I``.
+        cores: spatial layers (valid, dilated; the last one strided).
+        project: 1×1 ``r·O -> O``.
+    """
+
+    def __init__(self, conv: nn.Conv2d, rate: int = 4, large_kernel: int = 5) -> None:
+        super().__init__()
+        if conv.groups != 1 or isinstance(conv.padding, str):
+            raise TrainerError("ExpandNets expands plain convs (groups=1, numeric padding)")
+        if rate < 1:
+            raise TrainerError(f"expansion rate must be >= 1, got {rate}")
+        cin, cout = conv.in_channels, conv.out_channels
+        ph, pw = _pair(conv.padding)
+        self.pad = (pw, pw, ph, ph)
+        self.pad_mode = _PAD_MODES[conv.padding_mode]
+        kh, kw = _pair(conv.kernel_size)
+        sizes = stack_kernels(kh, kw, large_kernel)
+        bias = conv.bias is not None
+        self.expand = nn.Conv2d(cin, rate * cin, 1, bias=bias)
+        widths = [rate * cin] * len(sizes) + [rate * cout]
+        self.cores = nn.ModuleList(
+            nn.Conv2d(
+                widths[j], widths[j + 1], sizes[j], stride=conv.stride if j == len(sizes) - 1 else 1,  # type: ignore[arg-type]
+                dilation=conv.dilation, bias=bias,  # type: ignore[arg-type]
+            )
+            for j in range(len(sizes))
+        )
+        self.project = nn.Conv2d(rate * cout, cout, 1, bias=bias)
+
+    def layers(self) -> list[nn.Conv2d]:
+        """The chain, input to output."""
+        return [self.expand, *self.cores, self.project]  # type: ignore[list-item]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if any(self.pad):
+            x = F.pad(x, self.pad, mode=self.pad_mode)
+        for layer in self.layers():
+            x = layer(x)
+        return x
+
+
+def _compose(
+    weight: Tensor, bias: Tensor, layer_w: Tensor, layer_b: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """(kernel, bias) of ``layer ∘ current`` for valid stride-1 convs with a common dilation.
+
+    ``weight [C1, C0, a1, b1]`` then ``layer_w [C2, C1, a2, b2]`` -> ``[C2, C0, a1+a2-1, b1+b2-1]``: the
+    composite kernel is the full 2-D *convolution* of the kernels, ``K[u] = Σ_v W2[v]·W1[u-v]``, which is
+    a cross-correlation with the flipped second kernel over the first one padded by ``a2-1, b2-1``.
+    """
+    a2, b2 = layer_w.shape[2], layer_w.shape[3]
+    # Treat the C0 input channels as a batch of C1-channel images: [C0, C1, a1, b1] -> [C0, C2, ...].
+    composed = F.conv2d(weight.transpose(0, 1), layer_w.flip(2, 3), padding=(a2 - 1, b2 - 1)).transpose(0, 1)
+    # A constant map c through a valid conv is the constant (Σ_spatial W)·c.
+    new_bias = layer_w.sum(dim=(2, 3)) @ bias  # [C2, C1] @ [C1]
+    if layer_b is not None:
+        new_bias = new_bias + layer_b
+    return composed, new_bias
+
+
+def compose_chain(layers: list[nn.Conv2d]) -> tuple[Tensor, Tensor, tuple[int, int], tuple[int, int]]:
+    """Contract a chain of valid convs into one: (kernel float64, bias float64, stride, dilation).
+
+    Every spatial layer shares one dilation, and one layer may stride if only 1×1 layers follow it
+    (they are pointwise, so subsampling commutes with them).
+
+    Raises:
+        TrainerError: the chain breaks those rules (or is padded, grouped).
+    """
+    spatial = [j for j, layer in enumerate(layers) if _pair(layer.kernel_size) != (1, 1)]
+    dilations = {_pair(layers[j].dilation) for j in spatial} or {(1, 1)}
+    if len(dilations) != 1:
+        raise TrainerError(f"cannot contract convs with different dilations {sorted(dilations)}")
+    stride = (1, 1)
+    first = layers[0]
+    weight = torch.zeros(first.in_channels, first.in_channels, 1, 1, dtype=torch.float64)
+    weight[:, :, 0, 0] = torch.eye(first.in_channels, dtype=torch.float64)
+    bias = torch.zeros(first.in_channels, dtype=torch.float64)
+    for j, layer in enumerate(layers):
+        if layer.groups != 1 or any(_pair(layer.padding)):
+            raise TrainerError("contract: chain layers must be ungrouped and unpadded (pad once, on the input)")
+        if _pair(layer.stride) != (1, 1):
+            if stride != (1, 1) or any(k > j for k in spatial):
+                raise TrainerError("contract: only one layer may stride, and only 1×1 layers may follow it")
+            stride = _pair(layer.stride)
+        layer_b = layer.bias.detach().double() if layer.bias is not None else None
+        weight, bias = _compose(weight, bias, layer.weight.detach().double(), layer_b)
+    return weight, bias, stride, dilations.pop()
+
+
+def contract(module: nn.Module) -> nn.Conv2d:
+    """The compact conv an :class:`ExpandedConv` (or the arch's ``ExpandedConv2d``) computes, exactly."""
+    if isinstance(module, ExpandedConv):
+        layers = module.layers()
+        pw, _, ph, _ = module.pad
+        padding, mode = (ph, pw), {v: k for k, v in _PAD_MODES.items()}[module.pad_mode]
+    elif isinstance(module, ExpandedConv2d):
+        if module.expand.bias is not None or module.core.bias is not None:
+            raise TrainerError("ExpandedConv2d with biases before its last layer cannot contract exactly")
+        # Zero padding commutes with the bias-free 1×1: pad the input instead of the k×k layer's input.
+        core = copy.copy(module.core)
+        core.padding = (0, 0)
+        layers = [module.expand, core, module.project]  # type: ignore[list-item]
+        padding, mode = _pair(module.core.padding), module.core.padding_mode
+    else:
+        raise TrainerError(f"contract: {type(module).__name__} is not an expanded conv")
+    weight, bias, stride, dilation = compose_chain(layers)
+    dtype = layers[-1].weight.dtype
+    out = nn.Conv2d(
+        weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), stride, padding, dilation,  # type: ignore[arg-type]
+        bias=layers[-1].bias is not None, padding_mode=mode,
+    ).to(device=layers[-1].weight.device, dtype=dtype)
+    with torch.no_grad():
+        out.weight.copy_(weight)
+        if out.bias is not None:
+            out.bias.copy_(bias)
+    return out
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def expand_model(
+    model: nn.Module, rate: int = 4, large_kernel: int = 5, generator: torch.Generator | None = None
+) -> list[str]:
+    """Replace, in place, every plain conv with a kernel larger than 1×1 by its :class:`ExpandedConv`.
+
+    The new layers are drawn fresh, N(0, 1/fan_in) (variance-preserving for a linear chain), biases zero:
+    ExpandNets trains the expanded net from scratch. Transposed convs are left as they are.
+
+    Returns:
+        The module paths that were expanded.
+    """
+    names = [
+        name for name, m in model.named_modules()
+        if type(m) is nn.Conv2d and m.groups == 1 and _pair(m.kernel_size) != (1, 1)
+    ]
+    for name in names:
+        conv = model.get_submodule(name)
+        expanded = ExpandedConv(conv, rate, large_kernel).to(conv.weight.device)  # type: ignore[arg-type]
+        with torch.no_grad():
+            for layer in expanded.layers():
+                fan_in = layer.weight[0].numel()
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) / math.sqrt(fan_in))
+                if layer.bias is not None:
+                    layer.bias.zero_()
+        _replace(model, name, expanded)
+    return names
+
+
+def contract_model(model: nn.Module) -> list[str]:
+    """Replace, in place, every expanded conv by its exact compact conv; returns the paths contracted."""
+    names = [name for name, m in model.named_modules() if isinstance(m, ExpandedConv | ExpandedConv2d)]
+    for name in names:
+        _replace(model, name, contract(model.get_submodule(name)))
+    return names
+
+
+def contract_ensemble(model: Ensemble) -> Ensemble:
+    """A compact ensemble equal to an expanded one: contracted convs, ``expand`` overrides dropped.
+
+    Works for ensembles expanded by :func:`expand_model` and for arch-built ``{"expand": r}`` ones; the
+    result rebuilds from its ``arch`` (the compact layout) and keeps the input's train/eval mode.
+    """
+    compact = copy.deepcopy(model)
+    contract_model(compact)
+    arch = validate_arch(model.arch)
+    arch["convs"] = {name: spec for name, spec in arch["convs"].items() if "expand" not in spec}
+    out = Ensemble(arch).to(next(model.parameters()).dtype)
+    out.load_state_dict(compact.state_dict())
+    out.train(model.training)
+    return out
+
+
+def contraction_error(expanded: nn.Module, contracted: nn.Module, inputs: Tensor) -> float:
+    """Max |expanded(x) - contracted(x)| over the outputs (both put in eval mode, no grad)."""
+    expanded.eval()
+    contracted.eval()
+    with torch.no_grad():
+        a, b = expanded(inputs), contracted(inputs)
+    if isinstance(a, tuple):
+        return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
+    return float((a - b).abs().max())

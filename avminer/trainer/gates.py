@@ -1,0 +1,160 @@
+"""Per-condition release gates: a candidate may not regress on any slice beyond a margin.
+
+Both models are evaluated on the same held-out labeled frames, per slice key
+(``time_of_day/weather/region``, plus ``"all"``). A slice fails when the candidate's mIoU is more than
+``margin`` (absolute mIoU points, e.g. 0.02) below production's. A slice production was scored on but the
+candidate was not counts as a failure too: a gate that cannot compare must not pass silently.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from avminer.errors import GateRefusedError
+
+if TYPE_CHECKING:
+    from avminer.models.ensemble import Ensemble
+    from avminer.trainer.data import LabeledFrames
+    from avminer.trainer.train import SliceMetrics
+
+
+@dataclass
+class SliceGate:
+    """One slice's verdict."""
+
+    slice: str
+    candidate: float | None
+    production: float | None
+    delta: float | None  # candidate - production
+    passed: bool
+    reason: str = ""
+
+
+@dataclass
+class GateReport:
+    """Every slice's verdict; ``passed`` only if all slices passed."""
+
+    margin: float
+    slices: list[SliceGate] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(s.passed for s in self.slices)
+
+    @property
+    def failures(self) -> list[SliceGate]:
+        return [s for s in self.slices if not s.passed]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"margin": self.margin, "passed": self.passed, "slices": [asdict(s) for s in self.slices]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), sort_keys=True)
+
+    def table(self) -> str:
+        """A fixed-width table for logs and the CLI."""
+
+        def fmt(v: float | None) -> str:
+            return "   -  " if v is None else f"{v:6.3f}"
+
+        lines = [f"{'slice':32} {'cand':>6} {'prod':>6} {'delta':>7}  verdict (margin {self.margin})"]
+        for s in self.slices:
+            delta = "    -  " if s.delta is None else f"{s.delta:+7.3f}"
+            verdict = "ok" if s.passed else f"REFUSED {s.reason}"
+            lines.append(f"{s.slice:32} {fmt(s.candidate)} {fmt(s.production)} {delta}  {verdict}")
+        return "\n".join(lines)
+
+
+def _miou(v: float | SliceMetrics) -> float:
+    return float(v) if isinstance(v, int | float) else float(v.miou)
+
+
+def compare(
+    candidate: Mapping[str, float | SliceMetrics],
+    production: Mapping[str, float | SliceMetrics] | None,
+    margin: float,
+) -> GateReport:
+    """Compare per-slice mIoU of a candidate with production's (None: first release, everything passes).
+
+    Args:
+        candidate: slice -> mIoU (or :class:`SliceMetrics`) of the candidate.
+        production: the same for the model in production, on the same frames.
+        margin: largest allowed drop in absolute mIoU.
+    """
+    report = GateReport(margin=margin)
+    prod = {k: _miou(v) for k, v in (production or {}).items()}
+    cand = {k: _miou(v) for k, v in candidate.items()}
+    for key in sorted(set(cand) | set(prod)):
+        c, p = cand.get(key), prod.get(key)
+        if p is None or math.isnan(p):
+            ok = c is not None and not math.isnan(c)
+            report.slices.append(SliceGate(key, c, p, None, ok, "" if ok else "candidate mIoU is not finite"))
+        elif c is None or math.isnan(c):
+            report.slices.append(SliceGate(key, c, p, None, False, "candidate was not evaluated on this slice"))
+        else:
+            delta = c - p
+            ok = delta >= -margin
+            report.slices.append(SliceGate(key, c, p, delta, ok, "" if ok else f"drops {-delta:.3f} > {margin}"))
+    return report
+
+
+def enforce(report: GateReport) -> GateReport:
+    """Return the report if it passed, else raise :class:`GateRefusedError` carrying it (``.report``)."""
+    if report.passed:
+        return report
+    names = ", ".join(f"{s.slice} ({s.reason})" for s in report.failures)
+    err = GateRefusedError(f"release refused: slices regressed beyond margin {report.margin}: {names}\n{report.table()}")
+    err.report = report  # type: ignore[attr-defined]
+    raise err
+
+
+def gate_models(
+    candidate: Ensemble,
+    production: Ensemble | None,
+    frames: LabeledFrames,
+    margin: float,
+    batch_size: int = 16,
+    raise_on_failure: bool = True,
+) -> GateReport:
+    """Evaluate both models per slice on ``frames`` and compare; raise GateRefusedError on a regression."""
+    from avminer.trainer.train import evaluate
+
+    cand = evaluate(candidate, frames, batch_size)
+    prod = evaluate(production, frames, batch_size) if production is not None else None
+    report = compare(cand, prod, margin)
+    return enforce(report) if raise_on_failure else report
+
+
+def gate_bundles(
+    candidate: str | Path,
+    production: str | Path | None,
+    data_dir: str | Path,
+    margin: float,
+    holdout_non_day: bool = True,
+    raise_on_failure: bool = True,
+) -> GateReport:
+    """Gate a candidate bundle against the production bundle on a CamVid-layout directory's held-out rows.
+
+    Held out: every row whose split is not ``train`` and, with ``holdout_non_day`` (a day-only model),
+    every non-day row. Each model is evaluated at its own input size.
+    """
+    from avminer.engines.bundle import load_bundle
+    from avminer.errors import TrainerError
+    from avminer.models.ensemble import load_ensemble
+    from avminer.trainer.run import load_holdout
+    from avminer.trainer.train import evaluate
+
+    def scores(path: str | Path) -> dict[str, SliceMetrics]:
+        bundle = load_bundle(path)
+        if bundle.torch_path is None:
+            raise TrainerError(f"{bundle.path}: gating needs the bundle's model.pt")
+        frames = load_holdout(Path(data_dir), (bundle.input_height, bundle.input_width), holdout_non_day)
+        return evaluate(load_ensemble(bundle.torch_path), frames)
+
+    report = compare(scores(candidate), scores(production) if production is not None else None, margin)
+    return enforce(report) if raise_on_failure else report

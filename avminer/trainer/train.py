@@ -1,0 +1,315 @@
+"""Joint training of the K ensemble members, evaluation per slice, checkpoints and resume.
+
+One Adam optimiser over all members; the loss is Σ_members CE + β·Ω (:mod:`avminer.trainer.dpe`), the
+learning rate follows a poly (or cosine) schedule per step. Rare classes are up-weighted with ENet's
+logarithmic weighting. A checkpoint (weights, optimiser, schedule, RNG states, history) is written
+atomically after every epoch, and :func:`train_ensemble` picks it up again when it finds one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from avminer.errors import TrainerError
+from avminer.models.ensemble import Ensemble
+from avminer.trainer.data import VOID, LabeledFrames, augment_batch, batches, enet_class_weights, to_tensors
+from avminer.trainer.dpe import DEFAULT_BETA, dpe_loss
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """How to train (defaults mirror :class:`avminer.config.TrainerSettings`)."""
+
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    beta: float = DEFAULT_BETA
+    schedule: str = "poly"  # poly | cosine | constant
+    poly_power: float = 0.9
+    class_weighting: bool = True
+    augment: bool = True
+    seed: int = 0
+    threads: int = 0  # 0: all cores; 1 on a loaded machine (OpenMP threads spin and fight over cores)
+    device: str = "cpu"  # cpu | cuda[:N] (the CUDA path is written but was not run here: no GPU)
+    eval_every: int = 5  # epochs between evaluations (the last epoch is always evaluated)
+    eval_batch: int = 16
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.schedule not in {"poly", "cosine", "constant"}:
+            raise TrainerError(f"schedule must be poly, cosine or constant, got {self.schedule!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise TrainerError("epochs and batch_size must be >= 1")
+
+
+@dataclass
+class SliceMetrics:
+    """Segmentation quality of the ensemble (argmax of the mean probabilities) on one slice."""
+
+    miou: float
+    pixel_accuracy: float
+    iou: list[float]  # per class; NaN where the class is absent from both truth and prediction
+    frames: int
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    model: Ensemble
+    history: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, SliceMetrics] = field(default_factory=dict)
+    seconds_per_epoch: float = float("nan")  # mean over every epoch of the run, resumed ones included
+    epochs_run: int = 0  # epochs run by this call
+
+
+def set_threads(threads: int = 0) -> int:
+    """Set torch's intra-op threads (0: every core) and return the number used."""
+    n = threads if threads > 0 else (os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    return n
+
+
+def _lr_factor(cfg: TrainConfig, total_steps: int) -> Any:
+    def factor(step: int) -> float:
+        t = min(step / max(total_steps, 1), 1.0)
+        if cfg.schedule == "poly":
+            return float((1.0 - t) ** cfg.poly_power)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * t))
+        return 1.0
+
+    return factor
+
+
+# -- inference and evaluation -------------------------------------------------------------------------
+
+
+def predict(
+    model: Ensemble, frames: LabeledFrames, batch_size: int = 16
+) -> Iterator[tuple[NDArray[np.int64], torch.Tensor, torch.Tensor]]:
+    """(index, probs [K, B, C, H, W], features [B, D]) per batch, model in eval mode, no gradients."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            for index in batches(len(frames), batch_size, shuffle=False):
+                images, _ = to_tensors(frames, index)
+                probs, feats = model(images.to(device))
+                yield index, probs.cpu(), feats.cpu()
+    finally:
+        model.train(was_training)
+
+
+def extract_features(model: Ensemble, frames: LabeledFrames, batch_size: int = 16) -> NDArray[np.float32]:
+    """Pooled features [N, D] of every frame (what the shift reference is fitted on)."""
+    out = np.empty((len(frames), model.feature_dim), np.float32)
+    for index, _, feats in predict(model, frames, batch_size):
+        out[index] = feats.numpy()
+    return out
+
+
+def confusion(pred: NDArray[np.int64], truth: NDArray[np.int64], num_classes: int, void: int = VOID) -> NDArray[np.int64]:
+    """[C, C] confusion counts (rows truth, columns prediction), void pixels skipped."""
+    valid = truth != void
+    idx = truth[valid] * num_classes + pred[valid]
+    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def metrics_from_confusion(cm: NDArray[np.int64], frames: int) -> SliceMetrics:
+    """mIoU (mean over classes present in truth or prediction) and pixel accuracy."""
+    tp = np.diag(cm).astype(np.float64)
+    union = cm.sum(0) + cm.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan)
+    total = cm.sum()
+    miou = float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+    return SliceMetrics(miou, float(tp.sum() / total) if total else float("nan"), [float(v) for v in iou], frames)
+
+
+def evaluate(model: Ensemble, frames: LabeledFrames, batch_size: int = 16) -> dict[str, SliceMetrics]:
+    """Per-slice metrics of the ensemble's mean prediction, plus ``"all"`` over every frame."""
+    c = model.num_classes
+    per_slice: dict[str, NDArray[np.int64]] = {}
+    counts: dict[str, int] = {}
+    for index, probs, _ in predict(model, frames, batch_size):
+        pred = probs.mean(dim=0).argmax(dim=1).numpy()  # [B, H, W]
+        for j, i in enumerate(index):
+            key = frames.slices[i]
+            cm = confusion(pred[j], frames.labels[i].astype(np.int64), c)
+            per_slice[key] = per_slice.get(key, 0) + cm
+            counts[key] = counts.get(key, 0) + 1
+    out = {k: metrics_from_confusion(per_slice[k], counts[k]) for k in sorted(per_slice)}
+    if per_slice:
+        out["all"] = metrics_from_confusion(sum(per_slice.values()), sum(counts.values()))  # type: ignore[arg-type]
+    return out
+
+
+# -- checkpoints ----------------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically (a crash mid-write leaves the previous checkpoint intact)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`train_ensemble`.
+
+    Raises:
+        TrainerError: unreadable or not a checkpoint.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise TrainerError(f"{path}: unreadable checkpoint ({exc}); delete it to start over") from exc
+    if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
+        raise TrainerError(f"{path}: not an avminer training checkpoint; delete it to start over")
+    return state
+
+
+# -- training -------------------------------------------------------------------------------------------
+
+
+def train_ensemble(
+    model: Ensemble,
+    train: LabeledFrames,
+    cfg: TrainConfig,
+    work_dir: str | Path | None = None,
+    eval_frames: LabeledFrames | None = None,
+    resume: bool = True,
+    after_step: Callable[[torch.optim.Optimizer], None] | None = None,
+    until_epoch: int | None = None,
+) -> TrainResult:
+    """Train the members jointly; checkpoint after every epoch; resume from ``work_dir`` if it holds one.
+
+    Args:
+        model: a built ensemble (its weights are replaced by the checkpoint's when resuming).
+        train: training frames (already at the model's input size).
+        cfg: training configuration.
+        work_dir: where ``checkpoint.pt`` lives (None: no checkpoints).
+        eval_frames: held-out frames evaluated per slice every ``cfg.eval_every`` epochs and at the end.
+        resume: continue from an existing checkpoint.
+        until_epoch: stop (checkpoint written) after this epoch even if ``cfg.epochs`` is larger; a later
+            call with ``resume`` continues the same schedule (time-sliced training, tests).
+        after_step: called with the optimiser after every optimiser step, before the schedule moves on
+            (proximal steps of the compression regularisers, :mod:`avminer.trainer.prune` / ``lowrank``).
+
+    Returns:
+        The trained model, per-epoch history, final per-slice metrics and mean seconds per epoch.
+    """
+    from tqdm import tqdm
+
+    from avminer import metrics as prom
+
+    if len(train) < 2:
+        raise TrainerError(f"need at least 2 training frames, got {len(train)}")
+    set_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
+    model.to(device)
+    weights = (
+        torch.from_numpy(enet_class_weights(train.labels, model.num_classes)).to(device) if cfg.class_weighting else None
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, sum(1 for b in batches(len(train), cfg.batch_size, False) if len(b) >= 2))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(cfg, cfg.epochs * steps_per_epoch))
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    ckpt_path = Path(work_dir) / CHECKPOINT if work_dir is not None else None
+    if resume and ckpt_path is not None and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        if state.get("arch") != model.arch:
+            raise TrainerError(f"{ckpt_path}: checkpoint is for another architecture; delete it or use another work dir")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        rng.bit_generator.state = state["numpy_rng"]
+        gen.set_state(state["torch_rng"])
+        history = list(state["history"])
+        start_epoch = int(state["epoch"])
+        log.info("resuming from %s at epoch %d/%d", ckpt_path, start_epoch, cfg.epochs)
+
+    metrics: dict[str, SliceMetrics] = {}
+    epoch_times: list[float] = []
+    stop = cfg.epochs if until_epoch is None else min(cfg.epochs, until_epoch)
+    for epoch in range(start_epoch, stop):
+        model.train()
+        t0 = time.perf_counter()
+        sums = {"loss": 0.0, "ce": 0.0, "omega": 0.0}
+        n = 0
+        bar = tqdm(
+            [b for b in batches(len(train), cfg.batch_size, True, rng) if len(b) >= 2],
+            desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not cfg.progress, leave=False,
+        )
+        for index in bar:
+            images, labels = to_tensors(train, index)  # [B, 3, H, W], [B, H, W]
+            if cfg.augment:
+                images, labels = augment_batch(images, labels, gen)
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            logits, _ = model.member_outputs(images)  # [K, B, C, H, W]
+            loss, ce, omega = dpe_loss(model, logits, labels, cfg.beta, weights, VOID)
+            if not torch.isfinite(loss):
+                raise TrainerError(f"loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            if after_step is not None:
+                after_step(opt)
+            sched.step()
+            sums["loss"] += float(loss.detach())
+            sums["ce"] += float(ce.detach())
+            sums["omega"] += float(omega.detach())
+            n += 1
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        seconds = time.perf_counter() - t0
+        epoch_times.append(seconds)
+        row: dict[str, Any] = {k: v / max(n, 1) for k, v in sums.items()}
+        row.update(epoch=epoch + 1, seconds=seconds, lr=sched.get_last_lr()[0])
+        last = epoch + 1 == cfg.epochs
+        if eval_frames is not None and len(eval_frames) and (last or (epoch + 1) % max(cfg.eval_every, 1) == 0):
+            metrics = evaluate(model, eval_frames, cfg.eval_batch)
+            row["miou"] = {k: m.miou for k, m in metrics.items()}
+        history.append(row)
+        prom.TRAIN_EPOCH.set(epoch + 1)
+        prom.TRAIN_LOSS.set(row["loss"])
+        log.info(
+            "epoch %d/%d loss %.4f (ce %.4f, omega %.1f) %.1fs%s", epoch + 1, cfg.epochs, row["loss"], row["ce"],
+            row["omega"], seconds, f" miou {row['miou']}" if "miou" in row else "",
+        )
+        if ckpt_path is not None:
+            save_checkpoint(ckpt_path, {
+                "arch": model.arch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "numpy_rng": rng.bit_generator.state,
+                "torch_rng": gen.get_state(), "history": history, "epoch": epoch + 1, "config": asdict(cfg),
+            })
+    if eval_frames is not None and len(eval_frames) and not metrics and stop == cfg.epochs:
+        metrics = evaluate(model, eval_frames, cfg.eval_batch)
+    model.eval().cpu()  # exporters and engines take it from here on the CPU
+    return TrainResult(
+        model, history, metrics,
+        float(np.mean([h["seconds"] for h in history])) if history else float("nan"),  # resumed epochs too
+        len(epoch_times),
+    )

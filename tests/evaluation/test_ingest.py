@@ -1,0 +1,83 @@
+"""``avminer bench ingest`` against the real broker of the ``kafka`` fixture (tansu or $AVMINER_TEST_KAFKA)."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from avminer.cli.main import main
+from avminer.evaluation import ingest
+from avminer.events import codec
+from avminer.events.records import CameraFrame
+from tests.services import KafkaBroker
+
+
+def test_build_messages_are_distinct_decodable_frames_of_the_asked_size() -> None:
+    messages, payload = ingest.build_messages(5, message_bytes=10_000)
+    assert "synthetic" in payload
+    assert len({key for key, _ in messages}) == 5
+    for _, value in messages:
+        assert abs(len(value) - 10_000) <= 16
+        assert codec.decode_as(value, CameraFrame).width == 480
+
+    frames, payload = ingest.build_messages(60)  # the sample drive has 48 frames: wraps around
+    decoded = [codec.decode_as(value, CameraFrame) for _, value in frames]
+    assert "sample drive" in payload
+    assert len({f.sample_id for f in decoded}) == len({f.frame_id for f in decoded}) == 60
+    assert all(f.image and f.image[:2] == b"\xff\xd8" for f in decoded)  # real JPEG frames
+
+
+def test_every_client_reads_every_message_and_the_no_crc32c_run_has_no_crc32c(kafka: KafkaBroker) -> None:
+    report = ingest.run_ingest_bench(bootstrap=kafka.bootstrap, messages=200, partitions=2, decode=True)
+
+    rows = {(row.client, row.decode): row for row in report.rows}
+    expected = {(ingest.KAFKA_PYTHON, False), (ingest.KAFKA_PYTHON_NO_CRC32C, False), (ingest.CONFLUENT, False),
+                (ingest.KAFKA_PYTHON, True), (ingest.CONFLUENT, True)}
+    assert set(rows) == expected
+    for row in report.rows:
+        if not row.available:
+            assert row.client == ingest.CONFLUENT and row.note == ingest.CONFLUENT_MISSING
+            continue
+        assert row.messages == 200
+        assert row.bytes == pytest.approx(200 * report.message_bytes_mean, rel=1e-6)
+        assert row.msgs_per_s > 0 and row.mb_per_s > 0
+        assert row.checks_crcs is True
+
+    with_c = rows[ingest.KAFKA_PYTHON, False]
+    without = rows[ingest.KAFKA_PYTHON_NO_CRC32C, False]
+    assert with_c.crc32c_native is True and with_c.crc32c_impl.startswith("crc32c.")
+    assert without.crc32c_native is False and without.crc32c_impl == "kafka.record._crc32c.crc"
+    assert report.ratios["kafka_python_crc32c_over_no_crc32c"] > 0
+
+
+def test_a_missing_confluent_kafka_is_reported_not_fatal(kafka: KafkaBroker,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ingest, "confluent_available", lambda: False)
+    report = ingest.run_ingest_bench(bootstrap=kafka.bootstrap, messages=20, message_bytes=1000,
+                                     clients=(ingest.KAFKA_PYTHON, ingest.CONFLUENT))
+    rows = {row.client: row for row in report.rows}
+    assert rows[ingest.CONFLUENT].available is False
+    assert "pip install 'avminer[bench]'" in ingest.format_report(report)
+    assert rows[ingest.KAFKA_PYTHON].messages == 20
+    assert "kafka_python_over_confluent" not in report.ratios
+
+
+def test_cli_prints_one_json_object(kafka: KafkaBroker, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["bench", "ingest", "--bootstrap", kafka.bootstrap, "--messages", "50", "--message-bytes", "2000",
+               "--partitions", "2", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["messages"] == 50 and out["partitions"] == 2
+    assert {row["client"] for row in out["rows"]} == {ingest.KAFKA_PYTHON, ingest.KAFKA_PYTHON_NO_CRC32C,
+                                                      ingest.CONFLUENT}
+
+
+def test_without_bootstrap_it_starts_and_stops_its_own_broker() -> None:
+    report = ingest.run_ingest_bench(messages=20, message_bytes=1000, clients=(ingest.KAFKA_PYTHON,))
+    assert report.broker.startswith("tansu") and report.rows[0].messages == 20
+    host, port = report.bootstrap.rsplit(":", 1)
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        assert s.connect_ex((host, int(port))) != 0  # stopped

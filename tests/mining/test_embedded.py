@@ -1,0 +1,113 @@
+"""Embedded mode: a drive log in, a local directory and a SQLite catalog out; the demo and the bench."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from avminer.config import load_settings
+from avminer.engines import default_bundle_path
+from avminer.events.records import CameraFrame
+from avminer.mining.daemon import run_miner
+from avminer.mining.report import MiningReport
+from avminer.sinks.local import read_jsonl, read_requests
+from tests.mining.support import fake_holder, sample_records
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def embedded_settings(out: Path) -> object:
+    return load_settings(environ={}, overrides={
+        "sinks": {"output_dir": str(out)}, "metrics": {"port": 0},
+        "selection": {"target_rate": 0.2, "warmup_frames": 8, "camera_cooldown_s": 0.0},
+    })
+
+
+def test_drive_log_to_local_directory_and_catalog_and_replay_adds_nothing(sample_drive: Path, tmp_path: Path) -> None:
+    frames, _ = sample_records(sample_drive)
+    out = tmp_path / "out"
+    settings = embedded_settings(out)
+    report = MiningReport()
+    stats = run_miner(settings, engines=fake_holder(), drive_log=sample_drive, on_decided=report.add,  # type: ignore[arg-type]
+                      handle_signals=False, serve_metrics=False)
+    assert stats.decisions == len(frames) and stats.dead_letters == 0 and stats.drained
+    decisions = read_jsonl(out / "decisions.jsonl")
+    assert {d["sample_id"] for d in decisions} == {f.sample_id for f in frames}
+    requests = read_requests(out)
+    mined = {d["sample_id"] for d in decisions if d["mined"]}
+    assert mined and {r.sample_id for r in requests} == mined
+    assert all(Path(r.frame_uri.removeprefix("file://")).is_file() for r in requests)
+    assert (out / "catalog.db").is_file()
+    text = report.render()
+    assert f"frames decided: {len(frames)}" in text
+    assert report.contact_sheet(tmp_path / "sheet.png") is not None
+    # The same drive again into the same directory (a replay): nothing is requested twice.
+    run_miner(settings, engines=fake_holder(), drive_log=sample_drive, handle_signals=False,  # type: ignore[arg-type]
+              serve_metrics=False)
+    again = read_requests(out)
+    assert len(again) == len({r.sample_id for r in again}) == len(requests)
+
+
+def test_corrupt_frames_in_a_drive_log_are_dead_lettered(sample_drive: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    from avminer.events.drivelog import DriveLogWriter, read_drive_log
+
+    bad_log = tmp_path / "bad.avro"
+    with DriveLogWriter(bad_log) as w:
+        for i, rec in enumerate(read_drive_log(sample_drive)):
+            if isinstance(rec, CameraFrame) and i % 5 == 0 and rec.image:
+                rec = dataclasses.replace(rec, image=rec.image[:100])
+            w.write(rec)
+    out = tmp_path / "out"
+    stats = run_miner(embedded_settings(out), engines=fake_holder(), drive_log=bad_log,  # type: ignore[arg-type]
+                      handle_signals=False, serve_metrics=False)
+    index = read_jsonl(out / "dead-letter" / "index.jsonl")
+    assert stats.dead_letters == len(index) > 0
+    assert {e["reason"] for e in index} == {"corrupt_image"}
+    assert stats.decisions + stats.dead_letters == stats.frames
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "avminer.cli.main", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
+
+
+needs_starter = pytest.mark.skipif(
+    not (default_bundle_path() / "manifest.json").is_file(),
+    reason="starter bundle not built yet (tools/train_starter.py)",
+)
+
+
+@needs_starter
+def test_mine_cli_embedded_with_the_starter_model(tmp_path: Path) -> None:
+    done = cli("mine", "--output", str(tmp_path / "out"), "--frames", "16", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["mode"] == "embedded" and summary["decisions"] == 16
+    assert len(read_jsonl(tmp_path / "out" / "decisions.jsonl")) == 16
+
+
+@needs_starter
+def test_demo_prints_a_report_and_writes_a_contact_sheet(tmp_path: Path) -> None:
+    done = cli("demo", "--out", str(tmp_path / "demo"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "target_rate=0.1" in done.stdout
+    assert "frames decided: 48" in done.stdout
+    assert "mined by reason" in done.stdout
+    sheet = tmp_path / "demo" / "contact_sheet.png"
+    assert sheet.is_file() and sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@needs_starter
+def test_bench_pipeline_prints_one_json_object(tmp_path: Path) -> None:
+    done = cli("bench", "pipeline", "--frames", "24", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["frames"] == 24
+    assert result["pipeline_fps"] > 0 and result["engine_fps"] > 0
+    assert result["ratio"] == pytest.approx(result["pipeline_fps"] / result["engine_fps"], rel=0.02)

@@ -1,0 +1,77 @@
+"""Radar projection (ground plane, as the CamVid radar simulator) and camera-radar disagreement."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from avminer.errors import ScoringError
+from avminer.events.records import RadarDetection
+from avminer.scoring.radar import CAMVID_CLASSES, CameraModel, project, radar_disagreement
+
+ROAD, CAR = CAMVID_CLASSES.index("road"), CAMVID_CLASSES.index("car")
+W, H = 240, 176
+CAM = CameraModel.from_fov(W, H)
+
+
+def _det(u: float, depth: float, speed: float, ego: float = 0.0) -> RadarDetection:
+    """A return from the road point at forward distance ``depth`` under column ``u``."""
+    y = (CAM.cx - u) * depth / CAM.fx
+    az = math.atan2(y, depth)
+    return RadarDetection(math.hypot(depth, y), az, 0.02, speed - ego * math.cos(az), 10.0)
+
+
+def _row(depth: float) -> float:
+    return CAM.cy + CAM.fy * CAM.height_m / depth
+
+
+def test_projection_is_the_ground_plane_pinhole() -> None:
+    uv, fwd = project([_det(30.0, 20.0, 0.0), _det(200.0, 7.0, 0.0)], CAM)
+    np.testing.assert_allclose(uv, [[30.0, _row(20.0)], [200.0, _row(7.0)]], atol=1e-6)
+    np.testing.assert_allclose(fwd, [20.0, 7.0])
+    behind, _ = project([RadarDetection(5.0, math.pi, 0.0, 0.0, 0.0)], CAM)
+    assert np.isnan(behind).all()
+
+
+def test_matches_the_camvid_simulator_geometry() -> None:
+    camvid = pytest.importorskip("avminer.datasets.camvid")
+    cam = camvid.CameraModel()
+    rng_m, az = cam.ground_point(300.0, 100.0, 360, 480)  # a road pixel of a 480x360 frame
+    ours = CameraModel.from_fov(480, 360)
+    uv, _ = project([RadarDetection(rng_m, az, 0.0, 0.0, 0.0)], ours)
+    np.testing.assert_allclose(uv[0], [100.0, 300.0], atol=1e-6)
+
+
+def _scene() -> np.ndarray:
+    pred = np.full((H, W), ROAD, dtype=np.uint8)
+    bottom = int(_row(15.0))
+    pred[bottom - 30: bottom + 1, 100:160] = CAR  # one car blob standing 15 m ahead
+    return pred
+
+
+def test_agreement_scores_zero() -> None:
+    assert radar_disagreement(_scene(), [_det(130, 15, 5.0)], (W, H), CAM) == 0.0
+
+
+def test_missed_moving_object_and_ghost_blob() -> None:
+    # moving return on empty road: missed object; and the car has no return: ghost
+    assert radar_disagreement(_scene(), [_det(30, 10, 6.0)], (W, H), CAM) == 1.0
+    # a static return on the car supports the blob; the moving one on the road is still missed
+    score = radar_disagreement(_scene(), [_det(30, 10, 6.0), _det(130, 15, 0.0)], (W, H), CAM)
+    assert score == pytest.approx(0.5)
+    # static clutter seen from a moving vehicle is not a moving object once ego motion is removed
+    empty = np.full((H, W), ROAD, np.uint8)
+    assert radar_disagreement(empty, [_det(30, 10, 0.0, ego=12.0)], (W, H), CAM, ego_speed_mps=12.0) == 0.0
+    assert radar_disagreement(empty, [_det(30, 10, 0.0, ego=12.0)], (W, H), CAM, ego_speed_mps=0.0) == 1.0
+
+
+def test_no_radar_and_rescaling() -> None:
+    assert radar_disagreement(_scene(), None, (W, H), CAM) == 0.0
+    assert radar_disagreement(_scene(), [], (W, H), CAM) == 0.0
+    # the camera model refers to a 2x larger native frame: projections are rescaled to pred's size
+    big = CameraModel(CAM.fx * 2, CAM.fy * 2, CAM.cx * 2, CAM.cy * 2)
+    assert radar_disagreement(_scene(), [_det(130, 15, 5.0)], (2 * W, 2 * H), big) == 0.0
+    with pytest.raises(ScoringError):
+        radar_disagreement(np.zeros((2, 3, 4)), [], (W, H), CAM)

@@ -1,0 +1,163 @@
+"""Selection policy: rates per slice, duplicates, cooldown, budgets, reasons, warm-up, sketch exchange."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from avminer.config import SelectionSettings
+from avminer.errors import SelectionError
+from avminer.selection.budget import TokenBucket
+from avminer.selection.policy import Candidate, SelectionPolicy, pack_sketches, unpack_sketches
+
+RATES = {"day/*/*": 0.02, "dusk/*/*": 0.05, "*/fog/*": 0.1}
+SLICES = ["day/clear/cambridge_uk", "dusk/clear/cambridge_uk", "day/fog/cambridge_uk"]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def synthetic_stream(n: int, seed: int, repeat: int = 1, slice_p: tuple[float, ...] = (0.6, 0.25, 0.15),
+                     cameras: int = 50) -> list[Candidate]:
+    """Frames with realistic score shapes: log-normal MI, chi-square shift correlated with it, sparse radar."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        key = SLICES[rng.choice(len(SLICES), p=slice_p)]
+        z = rng.normal()
+        scores = {
+            "mi": float(np.exp(-3 + 0.8 * z + 0.3 * rng.normal())),
+            "shift": float(rng.chisquare(32) * (1 + 0.2 * max(z, 0.0))),
+            "radar": float(rng.random() < 0.05) * float(rng.random()),
+        }
+        emb = rng.normal(size=16).astype(np.float32)
+        for r in range(repeat):
+            out.append(Candidate(f"s{i}", f"cam{i % cameras}", key, scores, emb, i * 1.0 + r * 0.01))
+    return out
+
+
+def run(policy: SelectionPolicy, cands: list[Candidate], batch: int = 8) -> set[str]:
+    mined = set()
+    for i in range(0, len(cands), batch):
+        part = cands[i: i + batch]
+        for c, v in zip(part, policy.select(part), strict=True):
+            assert v.mined == (v.rejected is None)
+            if v.mined:
+                assert v.reasons and set(v.reasons) <= {"uncertainty", "shift", "radar", "novelty"}
+                mined.add(c.sample_id)
+    return mined
+
+
+def test_mined_rate_per_slice_within_20_percent_of_target() -> None:
+    """10,000 frames, three slices at 2%, 5% and 10% (enough mined frames that Poisson noise is < 10%)."""
+    policy = SelectionPolicy(SelectionSettings(slice_rates=RATES, camera_cooldown_s=0.0), clock=FakeClock())
+    run(policy, synthetic_stream(10_000, seed=0))
+    stats = policy.stats()
+    assert set(stats) == set(SLICES)
+    for key, st in stats.items():
+        assert st["target_rate"] == policy.rate_for(key)
+        assert st["mined_rate"] == pytest.approx(st["target_rate"], rel=0.2), (key, st)
+        assert sum(st["reasons"].values()) >= st["mined"]
+
+
+def test_repeated_frames_mine_no_more_unique_frames() -> None:
+    settings = SelectionSettings(slice_rates=RATES, camera_cooldown_s=0.0)
+    once = run(SelectionPolicy(settings, clock=FakeClock()), synthetic_stream(3000, seed=1))
+    policy = SelectionPolicy(settings, clock=FakeClock())
+    repeated = run(policy, synthetic_stream(3000, seed=1, repeat=5))
+    assert len(once) > 50
+    assert len(repeated) <= len(once)
+    assert sum(st["rejected"].get("duplicate", 0) for st in policy.stats().values()) == 4 * 3000
+
+
+def test_rate_resolution() -> None:
+    policy = SelectionPolicy(SelectionSettings(target_rate=0.001, slice_rates={
+        "dusk/*/*": 0.005, "*/fog/*": 0.01, "dusk/fog/special": 0.002}))
+    assert policy.rate_for("day/clear/x") == 0.001
+    assert policy.rate_for("dusk/clear/x") == 0.005
+    assert policy.rate_for("dusk/fog/x") == 0.01  # the highest matching pattern
+    assert policy.rate_for("dusk/fog/special") == 0.002  # an exact key wins
+    with pytest.raises(SelectionError, match="score_weights"):
+        SelectionPolicy(SelectionSettings(score_weights={"bogus": 1.0}))
+
+
+def _warm(policy: SelectionPolicy, key: str, n: int = 200, seed: int = 5) -> None:
+    rng = np.random.default_rng(seed)
+    cands = [Candidate(f"w{i}", f"warm{i}", key, {"mi": float(rng.exponential(0.05)), "shift": float(rng.chisquare(8)),
+                                                  "radar": 0.0}, None, float(i)) for i in range(n)]
+    assert not any(v.mined for v in policy.select(cands))  # exactly the warm-up: nothing mined yet
+
+
+def _hot(sample: str, camera: str, key: str, t: float, emb: np.ndarray | None, **scores: float) -> Candidate:
+    full = {"mi": 0.0, "shift": 0.0, "radar": 0.0, **scores}
+    return Candidate(sample, camera, key, full, emb, t)
+
+
+def test_warmup_then_reasons() -> None:
+    policy = SelectionPolicy(SelectionSettings(target_rate=0.01, slice_rates={}), clock=FakeClock())
+    first = policy.select([_hot("a", "c", "day/clear/x", 0.0, None, mi=100.0)])[0]
+    assert not first.mined and first.rejected == "warmup" and first.threshold is None
+    _warm(policy, "day/clear/x")
+    v = policy.select([_hot("b", "c1", "day/clear/x", 0.0, None, radar=1.0)])[0]
+    assert v.mined and v.reasons == ["radar"] and v.threshold is not None and v.priority > v.threshold
+    v = policy.select([_hot("c", "c2", "day/clear/x", 0.0, None, mi=9.0, shift=1e4)])[0]
+    assert v.mined and v.reasons == ["uncertainty", "shift"]
+    assert policy.select([_hot("d", "c3", "day/clear/x", 0.0, None, mi=0.0)])[0].rejected == "below_threshold"
+
+
+def test_cooldown_budget_and_duplicates() -> None:
+    clock = FakeClock()
+    settings = SelectionSettings(target_rate=0.01, slice_rates={}, camera_cooldown_s=2.0, hourly_budget=2)
+    policy = SelectionPolicy(settings, clock=clock)
+    _warm(policy, "day/clear/x")
+    rng = np.random.default_rng(0)
+    e = [rng.normal(size=8).astype(np.float32) for _ in range(6)]
+    # same camera within the cooldown: the second is refused
+    v = policy.select([_hot("1", "cam", "day/clear/x", 10.0, e[0], mi=50.0),
+                       _hot("2", "cam", "day/clear/x", 11.0, e[1], mi=50.0)])
+    assert [x.mined for x in v] == [True, False] and v[1].rejected == "cooldown"
+    # a near-duplicate of a mined frame (seen long ago) is refused; diversity within a batch too
+    near = e[0] + 1e-3
+    v = policy.select([_hot("3", "cam2", "day/clear/x", 20.0, near, mi=50.0)])
+    assert v[0].rejected == "duplicate"
+    v = policy.select([_hot("4", "cam3", "day/clear/x", 30.0, e[2], mi=50.0),
+                       _hot("5", "cam4", "day/clear/x", 30.0, e[2] * 1.01, mi=60.0)])
+    assert v[0].mined and v[1].rejected == "duplicate"
+    # the hourly budget (2) is spent; an hour later it has refilled
+    v = policy.select([_hot("6", "cam5", "day/clear/x", 40.0, e[3], mi=50.0)])
+    assert v[0].rejected == "budget"
+    clock.now += 3600
+    assert policy.select([_hot("7", "cam6", "day/clear/x", 50.0, e[4], mi=50.0)])[0].mined
+
+
+def test_token_bucket() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(3, 3600.0, clock)
+    assert [bucket.try_take() for _ in range(4)] == [True, True, True, False]
+    clock.now += 1200  # a third of the period refills one token
+    assert bucket.try_take() and not bucket.try_take()
+    clock.now -= 5000  # a clock stepping back refills nothing and breaks nothing
+    assert not bucket.try_take()
+
+
+def test_sketch_exchange_merges_fleet_statistics() -> None:
+    a = SelectionPolicy(SelectionSettings(slice_rates=RATES, camera_cooldown_s=0.0), clock=FakeClock())
+    b = SelectionPolicy(SelectionSettings(slice_rates=RATES, camera_cooldown_s=0.0), clock=FakeClock())
+    run(a, synthetic_stream(1500, seed=2))
+    run(b, synthetic_stream(500, seed=3))
+    exported = a.export_sketches()
+    assert set(exported) == set(a.stats())
+    b.merge_remote("miner-a", exported)
+    for key in exported:
+        assert b.stats()[key]["fleet_frames"] == a.stats()[key]["distinct"] + b.stats()[key]["distinct"]
+    again = unpack_sketches(pack_sketches(unpack_sketches(exported[SLICES[0]])))
+    assert set(again) == {"mi", "shift", "radar", "novelty", "priority"}
+    b.forget_remote("miner-a")
+    assert b.stats()[SLICES[0]]["fleet_frames"] == b.stats()[SLICES[0]]["distinct"]
+    with pytest.raises(SelectionError):
+        b.merge_remote("miner-x", {SLICES[0]: b"\x01\x01\x05abc"})

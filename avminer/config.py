@@ -183,6 +183,13 @@ class ScoringSettings:
         default="topk", metadata=_help("Pixel-to-frame pooling: mean, topk or grid (max over grid cells).")
     )
     topk_fraction: float = field(default=0.05, metadata=_help("Fraction of pixels averaged by topk pooling."))
+    map_stride: int = field(
+        default=2,
+        metadata=_help(
+            "Pixel stride of the uncertainty maps (1: every pixel). 2 scores a quarter of the pixels: frame"
+            " scores barely move and scoring stops competing with the engine for the CPU."
+        ),
+    )
     grid: int = field(default=4, metadata=_help("Grid cells per side for grid pooling."))
     rare_class_weight: float = field(
         default=3.0, metadata=_help("Weight of pixels predicted as pedestrian, bicyclist or sign.")
@@ -309,7 +316,8 @@ class Settings:
 
     def as_dict(self, plaintext_secrets: bool = False) -> dict[str, Any]:
         """Plain nested dict of the settings; secrets masked unless ``plaintext_secrets``."""
-        return _to_dict(self, plaintext_secrets)
+        out: dict[str, Any] = _to_dict(self, plaintext_secrets)
+        return out
 
     def validate(self) -> Settings:
         """Check cross-field constraints; raise :class:`ConfigError` naming the field."""
@@ -325,6 +333,7 @@ class Settings:
             (self.scoring.aggregation in {"mean", "topk", "grid"}, "scoring.aggregation",
              "must be one of mean, topk, grid"),
             (0 < self.scoring.topk_fraction <= 1, "scoring.topk_fraction", "must be in (0, 1]"),
+            (1 <= self.scoring.map_stride <= 16, "scoring.map_stride", "must be in 1..16"),
             (0 <= self.metrics.port < 65536, "metrics.port", "must be a TCP port (0 disables)"),
             (self.shutdown_deadline_s > 0, "shutdown_deadline_s", "must be > 0"),
             (self.trainer.members >= 1, "trainer.members", "must be >= 1"),
@@ -368,7 +377,7 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in {"", "none", "null"}):
             return None
         return _coerce(value, args[0], name)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"must be a mapping, got {type(value).__name__}", name)
         return _build(tp, value, name)

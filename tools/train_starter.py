@@ -26,7 +26,7 @@ def main() -> int:
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "camvid")
     p.add_argument("--out", type=Path, default=REPO / "avminer" / "data" / "starter_bundle")
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/avminer-starter-train"))
-    p.add_argument("--epochs", type=int, default=14)
+    p.add_argument("--epochs", type=int, default=24)
     p.add_argument("--size", default="144x192", help="HxW input size, multiples of 8")
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--members", type=int, default=4)

@@ -1,8 +1,9 @@
 """``avminer demo``: mine the bundled sample drive with the starter model and show what was found.
 
 The sample drive is small (tens of frames), so the production target rate (``selection.target_rate``,
-1/1000) would mine nothing; the demo uses its own defaults — ``--target-rate 0.1``, a short selection
-warm-up and no camera cooldown — and prints them. Everything else comes from the usual settings.
+1/1000) would mine nothing; the demo uses its own defaults — ``--target-rate 0.1`` (the per-condition
+``selection.slice_rates`` scaled by the same factor), a short selection warm-up and no camera
+cooldown — and prints them. Everything else comes from the usual settings.
 """
 
 from __future__ import annotations
@@ -37,10 +38,14 @@ def _demo(args: argparse.Namespace) -> int:
     from avminer.mining.report import MiningReport
 
     out = Path(args.out)
+    base = load_settings(args.config).selection
+    # Rare-condition overrides (selection.slice_rates) keep their ratio to the target rate.
+    scale = args.target_rate / base.target_rate
+    slice_rates = {k: min(1.0, v * scale) for k, v in base.slice_rates.items()}
     overrides: dict[str, Any] = {
         "kafka": {"bootstrap_servers": None},  # the demo is always embedded
         "sinks": {"output_dir": str(out), "catalog_url": f"sqlite:///{(out / 'catalog.db').resolve()}"},
-        "selection": {"target_rate": args.target_rate, "warmup_frames": args.warmup_frames,
+        "selection": {"target_rate": args.target_rate, "slice_rates": slice_rates, "warmup_frames": args.warmup_frames,
                       "camera_cooldown_s": 0.0, "fleet_sketches": False},
         "metrics": {"port": 0},
     }
@@ -48,6 +53,7 @@ def _demo(args: argparse.Namespace) -> int:
     drive = Path(args.drive_log) if args.drive_log else sample_drive_path()
     print(f"avminer demo: mining {drive} with the {'configured' if settings.engine.bundle else 'starter'} model")
     print(f"  demo selection settings: target_rate={settings.selection.target_rate} "
+          f"slice_rates={ {k: round(v, 3) for k, v in slice_rates.items()} } "
           f"warmup_frames={settings.selection.warmup_frames} camera_cooldown_s=0 "
           f"(production default target_rate is 0.001; a {drive.name} this small would mine nothing)")
     report = MiningReport()

@@ -5,7 +5,8 @@
     avminer train release BUNDLE [--production BUNDLE --data DIR] [--dataset-id ID]
     avminer train serve [--data DIR]        (also: avminer train --serve)
 
-Defaults come from the ``trainer`` settings section; flags override them.
+Defaults come from the ``trainer`` settings section; flags override them. ``gate`` exits with status 3
+when a slice regressed beyond the margin; ``release`` refuses (status 2) without uploading anything.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def register(sub: Any) -> None:
     run.add_argument("--data", required=True, type=Path, metavar="DIR", help="CamVid-layout folder (manifest.csv)")
     run.add_argument("--out", required=True, type=Path, metavar="BUNDLE_DIR", help="bundle directory to write")
     run.add_argument("--day-only", action="store_true", help="train on day rows only; hold out the others")
+    run.add_argument("--drive-log", type=Path, action="append", default=[], metavar="PATH",
+                     help="also train on this drive log's labeled frames (<name>.gt.avro next to it); repeatable")
     run.add_argument("--version", default=None, help="model version (default: dev-<timestamp>)")
     run.add_argument("--epochs", type=int, help="epochs (default trainer.epochs)")
     run.add_argument("--members", type=int, help="ensemble size K (default trainer.members)")
@@ -107,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
         data_dir=args.data, out_dir=args.out, work_dir=args.work_dir or Path(t.work_dir),
         version=args.version or time.strftime("dev-%Y%m%d-%H%M%S", time.gmtime()),
         members=args.members or t.members, width=args.width or t.width, input_hw=size, day_only=args.day_only,
-        limit=args.limit,
+        limit=args.limit, drive_logs=list(args.drive_log),
         train=TrainConfig(
             epochs=args.epochs or t.epochs, batch_size=t.batch_size, lr=args.lr or t.lr,
             beta=t.dpe_beta if args.beta is None else args.beta, threads=args.threads, device=args.device,

@@ -22,13 +22,13 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("--data", required=True, metavar="DIR", help="CamVid-layout folder holding manifest.csv")
     parser.add_argument("--quick", action="store_true",
-                        help="width 0.25, 88x120, every 2nd training frame, 4 epochs (a few minutes)")
-    parser.add_argument("--epochs", type=int, help="epochs per method (default: 4 with --quick, else trainer.epochs)")
+                        help="width 0.25, 88x120, every 2nd training frame, 12 epochs at lr 5e-3 (minutes)")
+    parser.add_argument("--epochs", type=int, help="epochs per method (default: 12 with --quick, else trainer.epochs)")
     parser.add_argument("--methods", nargs="+", metavar="M", help="subset of baseline prune lowrank expandnet")
     parser.add_argument("--width", type=float, help="member width multiplier")
     parser.add_argument("--size", metavar="HxW", help="input size, multiples of 8 (e.g. 176x240)")
-    parser.add_argument("--prune-lambda", type=float, help="group-lasso weight λ_g (default 0.5)")
-    parser.add_argument("--nuclear", type=float, help="nuclear-norm weight τ (default 0.5)")
+    parser.add_argument("--prune-lambda", type=float, help="group-lasso weight λ_g (default 0.5; 0.6 with --quick)")
+    parser.add_argument("--nuclear", type=float, help="nuclear-norm weight τ (default 0.3)")
     parser.add_argument("--energy", type=float, help="singular-value energy kept by the split (default 0.99)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for training and latency (default 2)")
     parser.add_argument("--out", metavar="DIR", default="train-report",

@@ -28,6 +28,7 @@ import logging
 import re
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,10 @@ def onnx_to_fp16(onnx_bytes: bytes) -> bytes:
                 "FP16 on TensorRT >= 11 needs the graph converted to FP16 first: pip install "
                 "'nvidia-modelopt[onnx]' (or onnxconverter-common); or build with --fp32"
             ) from exc
-        model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+        with warnings.catch_warnings():
+            # It warns once per weight below FP16's range that it clamps: expected, and noise in a build log.
+            warnings.filterwarnings("ignore", message="the float32 number", category=UserWarning)
+            model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
         return bytes(model.SerializeToString())
 
 
@@ -328,14 +332,18 @@ class TensorRTEngine(Engine):
 
 
 # Tolerances of a TensorRT plan against ONNX Runtime (FP32) on the same frames.
-# FP32 plans (TF32 off) differ only in summation order: ~1e-6..1e-5 on probabilities, 1e-3 leaves room.
-# FP16 has a unit roundoff of 2**-11 (4.9e-4); through ~25 conv/BN layers the logits pick up relative
-# errors of order 1e-2, and softmax (slope <= 1/4 per logit) turns that into a few 1e-3 on most pixels
-# and up to a few 1e-2 on the worst; the mean stays near 1e-3. Scores average over thousands of pixels
-# and thresholds are per-slice quantiles, so this moves frame scores far less than the ensemble spread.
+# FP32 plans (TF32 off) differ only in summation order: ~1e-6..1e-5 on probabilities; 1e-3 leaves room.
+# FP16 has a unit roundoff of 2**-11 (4.9e-4), amplified by the depth of the net. Measured on the trained
+# starter bundle (K=4 ERFNet-0.25, 144x192) with the same graph converted to FP16 (onnx_to_fp16, run by
+# ONNX Runtime on the CPU, a stand-in for a strongly typed TensorRT 11 plan): probs max 1.1e-2, mean
+# 1.3e-4, features 4e-4 relative, argmax agreement 99.92%. The limits below leave ~5x on the max and
+# ~8x on the mean for TensorRT's own kernel choices. Frame scores average thousands of pixels and the
+# thresholds are per-slice quantiles, so such differences move decisions far less than the ensemble's
+# own spread. (Untrained random-weight nets amplify rounding thousands of times more; do not judge
+# FP16 on them.)
 TRT_TOLERANCE = {
     "fp32": {"probs_max": 1e-3, "probs_mean": 1e-4, "features_rel": 1e-3},
-    "fp16": {"probs_max": 5e-2, "probs_mean": 3e-3, "features_rel": 3e-2},
+    "fp16": {"probs_max": 5e-2, "probs_mean": 1e-3, "features_rel": 1e-2},
 }
 
 

@@ -55,8 +55,8 @@ class ALConfig:
     members: int = 4
     initial_fraction: float = 0.05  # of the pool, drawn from day frames only
     fractions: list[float] = field(default_factory=lambda: [0.1, 0.15, 0.2, 0.3, 0.4])  # labeled after each round
-    steps: int = 250  # optimiser steps per (re)training, whatever the labeled set's size
-    batch_size: int = 8
+    steps: int = 150  # optimiser steps per (re)training, whatever the labeled set's size
+    batch_size: int = 16  # small nets on a CPU are bound by per-op overhead: bigger batches are nearly free
     lr: float = 2e-3
     mc_samples: int = 20
     strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
@@ -79,7 +79,8 @@ class ALConfig:
         return self
 
 
-QUICK = ALConfig(height=48, width=64, fractions=[0.12, 0.25], steps=30, mc_samples=8, members=3)
+# CI smoke settings: every strategy and code path, tiny nets, two rounds; not a measurement.
+QUICK = ALConfig(height=48, width=64, fractions=[0.12, 0.25], steps=12, mc_samples=8, members=2)
 
 
 @dataclass
@@ -180,9 +181,20 @@ class Simulation:
         n0 = max(2, int(round(cfg.initial_fraction * len(pool))))
         self.initial = sorted(self.rng.choice(day, size=min(n0, len(day)), replace=False).tolist())
         self.uncertainty_cost: dict[str, float] = {}
+        # Training is deterministic given (labeled set, members): strategies that share their first rounds
+        # (every strategy's initial set) reuse the trained model instead of training it again.
+        self._models: dict[tuple[tuple[int, ...], int], Any] = {}
 
     # -- models -------------------------------------------------------------------------------------------
     def _train(self, labeled: Sequence[int], members: int) -> Any:
+        key = (tuple(sorted(labeled)), members)
+        if key not in self._models:
+            self._models = {key: self._train_new(labeled, members)} | {
+                k: v for k, v in self._models.items() if len(k[0]) == len(self.initial)
+            }
+        return self._models[key]
+
+    def _train_new(self, labeled: Sequence[int], members: int) -> Any:
         from avminer.models import build_ensemble, erfnet_arch
         from avminer.trainer.train import TrainConfig, train_ensemble
 

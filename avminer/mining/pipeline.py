@@ -115,6 +115,7 @@ class DecidedFrame:
     decision: Decision
     score: Any  # avminer.scoring.scorer.FrameScore
     priority: float
+    rejected: str | None = None  # why selection passed on it (warmup, below_threshold, duplicate, ...)
 
 
 @dataclass
@@ -205,6 +206,7 @@ class Pipeline:
         self._last_metrics = 0.0
         self._lag_labels: set[Partition] = set()
         self._fatal: BaseException | None = None
+        self._poison_logged: dict[str, int] = {}
 
     # -- public ----------------------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None, max_frames: int | None = None) -> PipelineStats:
@@ -233,15 +235,15 @@ class Pipeline:
                     deadline = now + self.settings.shutdown_deadline_s * 0.8  # the rest: commit + close
                     self._set_paused(True)
                     self._drop_overflow()
-                    log.info("stopping: draining %d in-flight message(s)", self._tracker.in_flight())
+                    log.info("stopping: draining %d in-flight message(s)", self._in_flight())
                     self._flush.set()
                 draining = deadline is not None
                 if self.source.exhausted and not self._overflow:
                     self._flush.set()
-                    if self._tracker.in_flight() == 0:
+                    if self._in_flight() == 0:
                         break
-                if draining and (self._tracker.in_flight() == 0 or now >= deadline):  # type: ignore[operator]
-                    self.stats.drained = self._tracker.in_flight() == 0
+                if draining and (self._in_flight() == 0 or now >= deadline):  # type: ignore[operator]
+                    self.stats.drained = self._in_flight() == 0
                     break
                 if max_frames is not None and self.stats.frames >= max_frames and not draining:
                     stop.set()
@@ -273,6 +275,10 @@ class Pipeline:
         return self.stats
 
     # -- poll thread -----------------------------------------------------------------------------------
+    def _in_flight(self) -> int:
+        with self._lock:
+            return self._tracker.in_flight()
+
     def _accept(self, msgs: list[SourceMessage]) -> None:
         with self._lock:
             self._accept_locked(msgs)
@@ -485,7 +491,12 @@ class Pipeline:
                 data = image_bytes(record, self.fetch)
                 image = decode_image(data, limits, self._target_hw(), record.encoding)
             except PoisonError as exc:
-                log.warning("poison %s[%d]@%d: %s (%s)", msg.topic, msg.partition, msg.offset, exc.reason, exc)
+                # Every dead letter is counted (avminer_dead_letters_total); the log gets a sample.
+                seen = self._poison_logged.get(exc.reason, 0)
+                self._poison_logged[exc.reason] = seen + 1
+                if seen < 10 or seen % 1000 == 0:
+                    log.warning("poison %s[%d]@%d: %s (%s)%s", msg.topic, msg.partition, msg.offset, exc.reason,
+                                exc, " (logging every 1000th from now on)" if seen == 9 else "")
                 self._send_dead_letter(msg, job, exc.reason, str(exc))
                 continue
             # The event's bytes are not kept: only the image (to store a mined frame as it arrived).
@@ -605,7 +616,7 @@ class Pipeline:
                     decided_at_us=now_us,
                 )
                 samples.append(self._sample(w, d, s, float(v.priority)))
-                decided.append(DecidedFrame(w.frame, img, d, s, float(v.priority)))
+                decided.append(DecidedFrame(w.frame, img, d, s, float(v.priority), getattr(v, "rejected", None)))
             if self.on_decided is not None:
                 self.on_decided(decided)
             self._put(self._sink_q, (batch, samples))

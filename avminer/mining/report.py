@@ -35,6 +35,7 @@ class MiningReport:
     def __init__(self, keep_mined: int = 24) -> None:
         self.keep_mined = keep_mined
         self.decisions: list[Decision] = []
+        self.rejected: Counter[str] = Counter()
         self.mined: list[_Mined] = []
         self._lock = threading.Lock()
 
@@ -42,6 +43,8 @@ class MiningReport:
         with self._lock:
             for d in batch:
                 self.decisions.append(d.decision)
+                if d.rejected:
+                    self.rejected[d.rejected] += 1
                 if d.decision.mined:
                     self.mined.append(_Mined(d.decision, d.image, np.asarray(d.score.uncertainty_map, np.float32)))
             if len(self.mined) > self.keep_mined:
@@ -64,6 +67,8 @@ class MiningReport:
         reasons = Counter(r for d in mined for r in d.reasons)
         lines.append("")
         lines.append("mined by reason: " + (", ".join(f"{r}={n}" for r, n in reasons.most_common()) or "none"))
+        if self.rejected:
+            lines.append("not mined: " + ", ".join(f"{r}={n}" for r, n in self.rejected.most_common()))
         for key in ("mi", "shift", "radar"):
             ranked = sorted(ds, key=lambda d, k=key: -d.scores.get(k, 0.0))[:top]  # type: ignore[misc]
             if not ranked or ranked[0].scores.get(key, 0.0) <= 0:

@@ -51,7 +51,7 @@ class FrameScore:
         embedding: ``[D]`` float32 feature vector for near-duplicate checks; standardised and centred on
             the reference's pooled mean when a reference exists, so cosine similarity is meaningful.
         prediction: ``[H, W]`` uint8 class ids (argmax of the mean probabilities).
-        uncertainty_map: ``[H, W]`` float32 per-pixel mutual information (nats).
+        uncertainty_map: ``[H/s, W/s]`` float32 per-pixel mutual information (nats), s = ``map_stride``.
     """
 
     slice: str
@@ -134,15 +134,20 @@ class Scorer:
             raise ScoringError(f"probs have {probs.shape[2]} classes, the bundle names {len(self.classes)}")
         s = self.settings
         slices = [str(tag(f.conditions, images[i], f.gps, s)) for i, f in enumerate(frames)]
-        maps = uncertainty_maps(probs, MEASURES)  # name -> [N, H, W]
-        pred = mean_prediction(probs)  # [N, H, W]
+        pred = mean_prediction(probs)  # [N, H, W] at full resolution (radar, pre-annotations)
+        # Uncertainty maps on a strided grid: per-pixel measures dominate scoring's cost, and frame-level
+        # pooling (mean, top-k, grid max) is insensitive to skipping every other row and column.
+        step = s.map_stride
+        sub = np.ascontiguousarray(probs[..., ::step, ::step]) if step > 1 else probs  # [K, N, C, H/s, W/s]
+        maps = uncertainty_maps(sub, MEASURES)  # name -> [N, H/s, W/s]
+        pred_sub = pred[:, ::step, ::step] if step > 1 else pred
 
         def pool(name: str, weights: np.ndarray | None = None) -> np.ndarray:
             return aggregate(maps[name], s.aggregation, s.topk_fraction, s.grid, weights)
 
         pooled = {name: pool(name) for name in MEASURES if name != "mi"}
-        pooled["mi"] = pool("mi", rare_class_weights(pred, self.classes, s.rare_class_weight))
-        pooled["msp"] = max_softmax_score(probs)
+        pooled["mi"] = pool("mi", rare_class_weights(pred_sub, self.classes, s.rare_class_weight))
+        pooled["msp"] = max_softmax_score(sub)
         if self.reference is not None and self.reference.dim == feats.shape[1]:
             pooled["shift"] = self.reference.mahalanobis(feats, slices)
         else:

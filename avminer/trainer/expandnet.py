@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -101,7 +101,7 @@ class ExpandedConv(nn.Module):
 
     def layers(self) -> list[nn.Conv2d]:
         """The chain, input to output."""
-        return [self.expand, *self.cores, self.project]  # type: ignore[list-item]
+        return [self.expand, *cast(list[nn.Conv2d], list(self.cores)), self.project]
 
     def forward(self, x: Tensor) -> Tensor:
         if any(self.pad):
@@ -167,20 +167,21 @@ def contract(module: nn.Module) -> nn.Conv2d:
         pw, _, ph, _ = module.pad
         padding, mode = (ph, pw), {v: k for k, v in _PAD_MODES.items()}[module.pad_mode]
     elif isinstance(module, ExpandedConv2d):
-        if module.expand.bias is not None or module.core.bias is not None:
+        expand, core, project = (cast(nn.Conv2d, m) for m in module)
+        if expand.bias is not None or core.bias is not None:
             raise TrainerError("ExpandedConv2d with biases before its last layer cannot contract exactly")
         # Zero padding commutes with the bias-free 1×1: pad the input instead of the k×k layer's input.
-        core = copy.copy(module.core)
+        padding, mode = _pair(core.padding), core.padding_mode
+        core = copy.copy(core)
         core.padding = (0, 0)
-        layers = [module.expand, core, module.project]  # type: ignore[list-item]
-        padding, mode = _pair(module.core.padding), module.core.padding_mode
+        layers = [expand, core, project]
     else:
         raise TrainerError(f"contract: {type(module).__name__} is not an expanded conv")
     weight, bias, stride, dilation = compose_chain(layers)
     dtype = layers[-1].weight.dtype
     out = nn.Conv2d(
         weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), stride, padding, dilation,  # type: ignore[arg-type]
-        bias=layers[-1].bias is not None, padding_mode=mode,
+        bias=layers[-1].bias is not None, padding_mode=mode,  # type: ignore[arg-type]
     ).to(device=layers[-1].weight.device, dtype=dtype)
     with torch.no_grad():
         out.weight.copy_(weight)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from avminer.errors import TrainerError
 from avminer.models.arch import validate_arch
 from avminer.models.ensemble import Ensemble
+from avminer.models.erfnet import LowRankConv2d
 from avminer.trainer.prune import LayerCounts, members_of
 
 
@@ -45,7 +46,8 @@ def conv_matrix(weight: Tensor) -> Tensor:
 def singular_value_threshold(matrix: Tensor, t: float) -> Tensor:
     """``U·diag(max(s - t, 0))·Vᵀ``: the prox of ``t·||·||_*`` at ``matrix`` ``[..., O, P]`` (batched)."""
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
-    return (u * torch.clamp(s - t, min=0.0).unsqueeze(-2)) @ vh  # [..., O, r] * [..., 1, r] @ [..., r, P]
+    out: Tensor = (u * torch.clamp(s - t, min=0.0).unsqueeze(-2)) @ vh  # [..., O, r] * [..., 1, r] @ [..., r, P]
+    return out
 
 
 def energy_rank(singular_values: Tensor, energy: float) -> int:
@@ -84,9 +86,9 @@ class NuclearNorm:
     weight: float = 0.1
 
     def __post_init__(self) -> None:
-        kernels = [conv.weight for member in members_of(self.model) for _, conv in plain_convs(member)]
+        kernels: list[Tensor] = [conv.weight for member in members_of(self.model) for _, conv in plain_convs(member)]
         # Same-shaped kernels share one batched SVD per step (ERFNet repeats a handful of shapes).
-        self.by_shape: dict[tuple[int, ...], list[nn.Parameter]] = {}
+        self.by_shape: dict[tuple[int, ...], list[Tensor]] = {}
         for w in kernels:
             self.by_shape.setdefault(tuple(w.shape), []).append(w)
 
@@ -116,6 +118,10 @@ class NuclearNorm:
         self.step(float(optimizer.param_groups[0]["lr"]))
 
 
+def _conv(member: nn.Module, name: str) -> nn.Conv2d:
+    return cast(nn.Conv2d, member.get_submodule(name))
+
+
 def split_weights(conv: nn.Conv2d, rank: int) -> tuple[Tensor, Tensor]:
     """Truncated SVD of ``conv``: (first ``[r, I, kh, kw]`` = Vᵀ rows, second ``[O, r, 1, 1]`` = U·S)."""
     w = conv.weight.detach()
@@ -125,6 +131,17 @@ def split_weights(conv: nn.Conv2d, rank: int) -> tuple[Tensor, Tensor]:
     first = vh[:rank].reshape(rank, *w.shape[1:])  # [r, I, kh, kw]
     second = (u[:, :rank] * s[:rank]).reshape(w.shape[0], rank, 1, 1)  # [O, r, 1, 1]
     return first.to(w.dtype), second.to(w.dtype)
+
+
+def split_conv(conv: nn.Conv2d, rank: int) -> LowRankConv2d:
+    """The conv as a rank-``rank`` pair (exact at full rank), same device and dtype."""
+    first, second = split_weights(conv, rank)
+    pair = LowRankConv2d(conv, rank).to(device=conv.weight.device, dtype=conv.weight.dtype)
+    state = {"first.weight": first, "second.weight": second}
+    if conv.bias is not None:
+        state["second.bias"] = conv.bias.detach()
+    pair.load_state_dict(state)
+    return pair
 
 
 def saves_parameters(conv: nn.Conv2d, rank: int) -> bool:
@@ -156,7 +173,7 @@ def lowrank_ensemble(model: Ensemble, energy: float = 0.99) -> tuple[Ensemble, L
         counts.initial.append(min(conv_matrix(conv.weight).shape))
         rank = 1
         for k, member in enumerate(members):
-            s = torch.linalg.svdvals(conv_matrix(member.get_submodule(name).weight.detach()).double())
+            s = torch.linalg.svdvals(conv_matrix(_conv(member, name).weight.detach()).double())
             r_k = energy_rank(s, energy)
             per_member[k].append(r_k)
             rank = max(rank, r_k)
@@ -169,8 +186,7 @@ def lowrank_ensemble(model: Ensemble, energy: float = 0.99) -> tuple[Ensemble, L
     state = {name: t.detach().clone() for name, t in model.state_dict().items()}
     for k, member in enumerate(members):
         for name, rank in ranks.items():
-            conv = member.get_submodule(name)
-            first, second = split_weights(conv, rank)  # type: ignore[arg-type]
+            first, second = split_weights(_conv(member, name), rank)
             prefix = f"members.{k}.{name}"
             del state[f"{prefix}.weight"]
             state[f"{prefix}.first.weight"] = first

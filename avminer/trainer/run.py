@@ -43,6 +43,7 @@ class RunSpec:
     day_only: bool = False
     train_sequences: list[str] | None = None
     limit: int | None = None
+    drive_logs: list[Path] = field(default_factory=list)  # more training frames: drive logs with .gt.avro
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -110,6 +111,10 @@ def run_camvid(spec: RunSpec) -> RunOutcome:
     require_input_multiple(spec.input_hw)
     t0 = time.perf_counter()
     train, held = load_camvid_splits(spec)
+    if spec.drive_logs:
+        from avminer.trainer.data import load_drive_log
+
+        train = LabeledFrames.concat([train, *(load_drive_log(p, spec.input_hw, spec.limit) for p in spec.drive_logs)])
     classes = classes_of(spec.data_dir)
     log.info("training on %d frames (%s), holding out %d (%s)", len(train), sorted(set(train.slices)),
              len(held), sorted(set(held.slices)))

@@ -73,4 +73,5 @@ def require_tensorrt() -> ModuleType:
         raise BackendUnavailableError("TensorRT is not installed: pip install 'avminer[gpu]' on a CUDA machine")
     import tensorrt
 
-    return tensorrt
+    module: ModuleType = tensorrt
+    return module

@@ -120,3 +120,31 @@ def test_tensorrt_refuses_a_foreign_plan_on_a_real_gpu(bundle_copy: Callable[[st
     b = add_file(bundle_copy("v1"), f"plans/{other}.plan", b"x", {"plans": {str(other): f"plans/{other}.plan"}})
     with pytest.raises(BundleError, match="built with another TensorRT version"):
         TensorRTEngine(b, build=False)
+
+
+def test_fp16_graph_of_the_starter_bundle_stays_within_the_fp16_tolerance() -> None:
+    """The TensorRT >= 11 FP16 path converts the graph; check that conversion on the CPU with ONNX Runtime.
+
+    This is a stand-in for an FP16 TensorRT plan (same graph, different kernels), not a TensorRT test.
+    """
+    pytest.importorskip("onnxconverter_common", reason="onnxconverter-common comes with avminer[gpu]")
+    import onnxruntime as ort
+
+    from avminer.engines import default_bundle_path, load_bundle
+    from avminer.engines.base import to_nchw_float
+    from avminer.engines.tensorrt_backend import TRT_TOLERANCE, onnx_to_fp16
+
+    path = default_bundle_path()
+    if not (path / "manifest.json").exists():
+        pytest.skip(f"no starter bundle at {path}")
+    b = load_bundle(path)
+    images = np.random.default_rng(1).integers(0, 256, size=(2, b.input_height, b.input_width, 3), dtype=np.uint8)
+    x = to_nchw_float(images)
+    fp16 = onnx_to_fp16(b.onnx_path.read_bytes())
+    p32, f32 = ort.InferenceSession(str(b.onnx_path), providers=["CPUExecutionProvider"]).run(None, {"images": x})
+    p16, f16 = ort.InferenceSession(fp16, providers=["CPUExecutionProvider"]).run(None, {"images": x})
+    assert p16.dtype == np.float32 and f16.dtype == np.float32  # FP32 at the edges: keep_io_types
+    tol = TRT_TOLERANCE["fp16"]
+    assert np.abs(p16 - p32).max() <= tol["probs_max"]
+    assert np.abs(p16 - p32).mean() <= tol["probs_mean"]
+    assert np.abs(f16 - f32).max() / max(1.0, np.abs(f32).max()) <= tol["features_rel"]

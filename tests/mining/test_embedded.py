@@ -77,14 +77,16 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=600, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
 
 
-needs_starter = pytest.mark.skipif(
-    not (default_bundle_path() / "manifest.json").is_file(),
-    reason="starter bundle not built yet (tools/train_starter.py)",
-)
+@pytest.fixture(scope="module")
+def starter_bundle() -> Path:
+    """The CLI tests run the real starter model (the other tests here use the engine double)."""
+    path = default_bundle_path()
+    if not (path / "manifest.json").is_file():
+        pytest.fail(f"{path} is missing; rebuild it with tools/train_starter.py")
+    return path
 
 
-@needs_starter
-def test_mine_cli_embedded_with_the_starter_model(tmp_path: Path) -> None:
+def test_mine_cli_embedded_with_the_starter_model(tmp_path: Path, starter_bundle: Path) -> None:
     done = cli("mine", "--output", str(tmp_path / "out"), "--frames", "16", "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
@@ -92,8 +94,7 @@ def test_mine_cli_embedded_with_the_starter_model(tmp_path: Path) -> None:
     assert len(read_jsonl(tmp_path / "out" / "decisions.jsonl")) == 16
 
 
-@needs_starter
-def test_demo_prints_a_report_and_writes_a_contact_sheet(tmp_path: Path) -> None:
+def test_demo_prints_a_report_and_writes_a_contact_sheet(tmp_path: Path, starter_bundle: Path) -> None:
     done = cli("demo", "--out", str(tmp_path / "demo"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "target_rate=0.1" in done.stdout
@@ -103,8 +104,7 @@ def test_demo_prints_a_report_and_writes_a_contact_sheet(tmp_path: Path) -> None
     assert sheet.is_file() and sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@needs_starter
-def test_bench_pipeline_prints_one_json_object(tmp_path: Path) -> None:
+def test_bench_pipeline_prints_one_json_object(tmp_path: Path, starter_bundle: Path) -> None:
     done = cli("bench", "pipeline", "--frames", "24", "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)

@@ -16,7 +16,7 @@ from avminer.config import Settings, load_settings
 from avminer.events import codec
 from avminer.events.records import CameraFrame, Decision, LabelRequest, ModelRelease
 from avminer.mining import decode
-from avminer.mining.daemon import run_miner
+from avminer.mining.daemon import open_engines, run_miner
 from avminer.mining.pipeline import PipelineStats
 from tests.mining.support import (
     committed_offsets,
@@ -97,21 +97,24 @@ def test_mines_the_sample_drive_over_kafka(
     radar_pos = produce(kafka.bootstrap, fleet_topics["radar"], [(r.vehicle_id.encode(), codec.encode(r)) for r in radar])
     settings = settings_for(kafka, fleet_topics, tmp_path, f"g-{unique}", AVMINER_SOURCE__RADAR_WAIT_MS="200",
                             AVMINER_SELECTION__FLEET_SKETCHES="true", AVMINER_TOPICS__SKETCHES=f"sketches-{unique}")
-    holder = fake_holder()
+    holder = open_engines(settings)  # the real starter model: this is the end-to-end test
     with MinerThread(settings, holder) as miner:
         got = wait_for_count(lambda: decisions_of(kafka.bootstrap, fleet_topics["decisions"], len(frames), 5),
                              len(frames), 120, "decisions")
     assert miner.error is None and miner.stats is not None
     by_sample = {d.sample_id: d for d in got}
     assert set(by_sample) == {f.sample_id for f in frames}
-    assert all(d.model_version == "fake-1" and d.topic == fleet_topics["frames"] for d in got)
+    version = holder.version
+    holder.close()
+    assert all(d.model_version == version and d.topic == fleet_topics["frames"] for d in got)
     assert {(d.partition, d.offset) for d in got} == set(frame_pos)
     # Commits cover every frame and every radar scan (joined or expired by the drain).
     group = f"g-{unique}"
     assert committed_offsets(kafka.bootstrap, group, fleet_topics["frames"]) == ends(frame_pos)
     assert committed_offsets(kafka.bootstrap, group, fleet_topics["radar"]) == ends(radar_pos)
-    if radar:  # the sample drive has radar for its frames: some frames must have been joined
-        assert any(d.scores.get("radar", 0.0) > 0 for d in got) or miner.stats.radar == len(radar)
+    assert radar and miner.stats.radar == len(radar)
+    # Radar was joined to frames (a disagreement score needs a joined scan).
+    assert any(d.scores["radar"] > 0 for d in got)
     requests = [codec.decode_as(r.value, LabelRequest)
                 for r in consume_all(kafka.bootstrap, fleet_topics["label_requests"], idle_s=1)]
     assert Counter(r.sample_id for r in requests).most_common(1)[0][1] == 1 if requests else True

@@ -24,7 +24,7 @@ def test_starter_bundle_is_complete_and_small() -> None:
     ref = ShiftReference.load(bundle.reference_path)  # type: ignore[arg-type]
     assert ref.dim == bundle.feature_dim and "day/clear/cambridge_uk" in ref.slices
 
-    model = load_ensemble(bundle.torch_path)  # type: ignore[arg-type]
+    model = load_ensemble(bundle.torch_path)
     x = torch.from_numpy(np.full((1, 3, bundle.input_height, bundle.input_width), 128, np.float32))
     with torch.no_grad():
         probs, feats = model(x)

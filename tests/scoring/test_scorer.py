@@ -44,7 +44,9 @@ def test_scores_every_frame() -> None:
         assert set(fs.scores) == set(SCORE_KEYS)
         assert all(np.isfinite(v) for v in fs.scores.values())
         assert fs.prediction.shape == (H, W) and fs.prediction.dtype == np.uint8
-        assert fs.uncertainty_map.shape == (H, W) and fs.uncertainty_map.dtype == np.float32
+        stride = ScoringSettings().map_stride
+        assert fs.uncertainty_map.shape == (-(-H // stride), -(-W // stride))
+        assert fs.uncertainty_map.dtype == np.float32
         assert fs.embedding.shape == (D,) and fs.embedding.dtype == np.float32
         assert 0 <= fs.scores["msp"] <= 1 and 0 <= fs.scores["radar"] <= 1
     assert out[-1].scores["shift"] > max(fs.scores["shift"] for fs in out[:-1])
@@ -63,3 +65,17 @@ def test_without_reference_and_bad_batches() -> None:
     assert all(fs.scores["shift"] == 0.0 for fs in out)
     with pytest.raises(ScoringError, match="batch sizes"):
         scorer.score(probs, feats[:2], images, frames, [None] * N)
+
+
+def test_map_stride_one_scores_every_pixel_and_agrees_with_strided() -> None:
+    rng = np.random.default_rng(1)
+    probs, feats, images, frames = _batch(rng)
+    full = Scorer(ScoringSettings(map_stride=1, aggregation="mean"), CAMVID_CLASSES, None, export_metrics=False)
+    half = Scorer(ScoringSettings(map_stride=2, aggregation="mean"), CAMVID_CLASSES, None, export_metrics=False)
+    a = full.score(probs, feats, images, frames, [None] * N)
+    b = half.score(probs, feats, images, frames, [None] * N)
+    for fa, fb in zip(a, b, strict=True):
+        assert fa.uncertainty_map.shape == (H, W)
+        assert fa.prediction.shape == fb.prediction.shape == (H, W)
+        # Mean pooling over a regular subgrid of i.i.d.-ish pixels stays close to the full mean.
+        assert abs(fa.scores["entropy"] - fb.scores["entropy"]) < 0.05 * max(fa.scores["entropy"], 1e-6) + 1e-3

@@ -12,19 +12,22 @@ from avminer.engines.bundle import load_bundle
 from tests.trainer.test_data import write_camvid
 
 
-def test_train_run_then_gate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_run_then_gate(tmp_path: Path, sample_drive: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rows = [(f"d{i}", "train", "A", "day") for i in range(6)] + [("v0", "val", "A", "day"), ("n0", "train", "B", "dusk")]
     data = write_camvid(tmp_path / "cv", rows)
     out = tmp_path / "bundle"
     rc = main(["train", "run", "--data", str(data), "--out", str(out), "--day-only", "--epochs", "1",
                "--members", "2", "--width", "0.25", "--size", "32x48", "--work-dir", str(tmp_path / "w"),
-               "--version", "cli-1", "--threads", "1", "--no-progress", "--json"])
+               "--version", "cli-1", "--threads", "1", "--no-progress", "--json",
+               "--drive-log", str(sample_drive), "--limit", "3"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(summary["miou"]) == {"day/clear/town", "dusk/clear/town", "all"}
     bundle = load_bundle(out)
     assert bundle.version == "cli-1" and bundle.members == 2
-    assert bundle.manifest["trained_on"]["slices"] == ["day/clear/town"]
+    trained_on = bundle.manifest["trained_on"]
+    assert "day/clear/town" in trained_on["slices"] and trained_on["frames"] == 6  # 3 CamVid + 3 drive-log
+
 
     rc = main(["train", "gate", "--candidate", str(out), "--production", str(out), "--data", str(data), "--json"])
     assert rc == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import torch
@@ -24,6 +25,8 @@ from avminer.trainer.expandnet import (
     stack_kernels,
 )
 
+M = TypeVar("M", bound=nn.Module)
+
 
 @pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
@@ -34,7 +37,7 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def randomise(module: nn.Module, seed: int = 0, std: float = 0.3) -> nn.Module:
+def randomise(module: M, seed: int = 0, std: float = 0.3) -> M:
     """Every parameter random, biases included (trained nets have nonzero biases everywhere).
 
     Kernels are N(0, 1/fan_in) so activations stay of order one through the chain, as in a trained net;
@@ -105,7 +108,7 @@ def test_padding_the_inner_layer_instead_would_not_be_exact() -> None:
     # input differs from the compact conv at the border (it sees 0 where the compact conv sees the bias).
     expanded = randomise(ExpandedConv(nn.Conv2d(3, 4, 3, padding=1), rate=2)).double()
     x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
-    core = expanded.cores[0]
+    core = expanded.layers()[1]
     with torch.no_grad():
         naive = expanded.project(F.conv2d(expanded.expand(x), core.weight, core.bias, padding=1))
         diff = (naive - contract(expanded)(x)).abs()
@@ -119,7 +122,7 @@ def test_the_arch_expanded_conv_contracts_too() -> None:
     x = torch.randn(2, 3, 10, 9, dtype=torch.float64)
     with torch.no_grad():
         assert (expanded(x) - contract(expanded)(x)).abs().max() <= 1e-10
-        expanded.expand.bias = nn.Parameter(torch.ones(12, dtype=torch.float64))
+    expanded.expand = nn.Conv2d(3, 12, 1).double()  # a bias before the k×k layer
     with pytest.raises(TrainerError, match="cannot contract exactly"):
         contract(expanded)
 
@@ -145,7 +148,7 @@ def test_expanded_ensemble_contracts_to_the_compact_arch(tmp_path: Path) -> None
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.weight.add_(1.0)
-                m.running_var.fill_(1.5)
+                m.running_var = torch.full_like(m.weight, 1.5)
     model.eval()
     compact = contract_ensemble(model)
     assert compact.arch == arch | {"convs": {}} or compact.arch["convs"] == {}

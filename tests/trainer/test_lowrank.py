@@ -22,7 +22,7 @@ from avminer.trainer.lowrank import (
     lowrank_ensemble,
     saves_parameters,
     singular_value_threshold,
-    split_weights,
+    split_conv,
 )
 
 
@@ -75,14 +75,8 @@ CONVS = [
 def test_split_at_full_rank_reproduces_the_conv(spec: dict[str, object]) -> None:
     torch.manual_seed(0)
     conv = nn.Conv2d(6, 5, **spec)  # type: ignore[arg-type]
-    full = min(conv_matrix(conv.weight).shape)
-    pair = LowRankConv2d(conv, full)
-    first, second = split_weights(conv, full)
-    with torch.no_grad():
-        pair.first.weight.copy_(first)
-        pair.second.weight.copy_(second)
-        if conv.bias is not None:
-            pair.second.bias.copy_(conv.bias)
+    pair = split_conv(conv, min(conv_matrix(conv.weight).shape))
+    assert isinstance(pair, LowRankConv2d)
     x = torch.randn(2, 6, 13, 11)
     with torch.no_grad():
         assert (conv(x) - pair(x)).abs().max() <= 1e-5
@@ -95,12 +89,8 @@ def test_split_of_a_low_rank_conv_is_exact_and_smaller() -> None:
         conv.weight.copy_((torch.randn(16, 2) @ torch.randn(2, 48) / 10).view_as(conv.weight))
     assert energy_rank(torch.linalg.svdvals(conv_matrix(conv.weight.detach())), 1.0) == 2
     assert saves_parameters(conv, 2)
-    pair = LowRankConv2d(conv, 2)
-    first, second = split_weights(conv, 2)
+    pair = split_conv(conv, 2)
     with torch.no_grad():
-        pair.first.weight.copy_(first)
-        pair.second.weight.copy_(second)
-        pair.second.bias.copy_(conv.bias)
         x = torch.randn(1, 16, 9, 9)
         assert (conv(x) - pair(x)).abs().max() <= 1e-5
     assert sum(p.numel() for p in pair.parameters()) < sum(p.numel() for p in conv.parameters()) / 4
@@ -109,7 +99,7 @@ def test_split_of_a_low_rank_conv_is_exact_and_smaller() -> None:
 def test_nuclear_prox_lowers_ranks_and_the_ensemble_splits_exactly(tmp_path: Path) -> None:
     model = build_ensemble(erfnet_arch(width=0.25, members=2, dropout=(0.0, 0.0)), seed=0)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
     reg = NuclearNorm(model, weight=0.05)

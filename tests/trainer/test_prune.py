@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from avminer.errors import TrainerError
-from avminer.models import build_ensemble, erfnet_arch, load_ensemble, save_ensemble
+from avminer.models.arch import erfnet_arch
+from avminer.models.ensemble import Ensemble, build_ensemble, load_ensemble, save_ensemble
 from avminer.trainer.prune import (
     NeuronLayer,
     SparseGroupLasso,
@@ -36,7 +37,7 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def randomised_ensemble(members: int = 2, seed: int = 0) -> nn.Module:
+def randomised_ensemble(members: int = 2, seed: int = 0) -> Ensemble:
     """A tiny ensemble with nonzero biases, BN shifts and running statistics (what training leaves)."""
     model = build_ensemble(erfnet_arch(width=0.25, members=members, dropout=(0.0, 0.0)), seed=seed)
     gen = torch.Generator().manual_seed(seed)
@@ -46,8 +47,8 @@ def randomised_ensemble(members: int = 2, seed: int = 0) -> nn.Module:
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen) + (1.0 if "bn" in name and "weight" in name else 0.0))
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=gen))
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.running_mean = 0.1 * torch.randn(m.num_features, generator=gen)
+                m.running_var = torch.rand(m.num_features, generator=gen) + 0.5
     return model
 
 
@@ -85,6 +86,7 @@ def test_soft_threshold() -> None:
 
 def test_prox_step_treats_conv_bias_and_batchnorm_as_one_group() -> None:
     conv, bn = nn.Conv2d(3, 4, (3, 1)), nn.BatchNorm2d(4)
+    assert conv.bias is not None
     with torch.no_grad():
         bn.weight.copy_(torch.tensor([1.0, 0.01, 2.0, 0.02]))
         bn.bias.copy_(torch.tensor([0.5, 0.01, -1.0, 0.0]))
@@ -110,7 +112,9 @@ def _toy_run(group: float) -> tuple[float, torch.Tensor, float]:
     x = torch.randn(64, 3, 8, 8)
     with torch.no_grad():
         y = teacher(x)
-    sgl = SparseGroupLasso([NeuronLayer("toy", 0, 0, 0, [student[0].weight, student[0].bias])], group=group)
+    first = student[0]
+    assert isinstance(first, nn.Conv2d) and first.bias is not None
+    sgl = SparseGroupLasso([NeuronLayer("toy", 0, 0, 0, [first.weight, first.bias])], group=group)
     opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9)
     for _ in range(400):
         loss = (student(x) - y).pow(2).mean()

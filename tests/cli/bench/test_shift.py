@@ -62,3 +62,4 @@ def test_bench_shift_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
             assert 0.0 <= entry[key] <= 1.0
     assert set(out["drift"]) == {"day", "dusk", "fog0.05", "night"}
     assert out["drift"]["day"]["frames"] == 11
+    assert all(isinstance(e["goal_met"], bool) and isinstance(e["beats_baseline"], bool) for e in out["auroc"].values())

@@ -110,7 +110,8 @@ def _rank01(x: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
 
 def _unit_rows(x: NDArray[np.floating[Any]], center: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
     z = np.asarray(x, np.float64) - center
-    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    out: NDArray[np.float64] = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    return out
 
 
 def select_diverse(
@@ -220,7 +221,7 @@ class Simulation:
                 cm = confusion(pred[j], self.held_out.labels[i].astype(np.int64), model.num_classes)
                 cms[cond] = cms.get(cond, 0) + cm
         by = {c: metrics_from_confusion(cm, 0).miou for c, cm in cms.items()}
-        overall = metrics_from_confusion(sum(cms.values()), 0).miou  # type: ignore[arg-type]
+        overall = metrics_from_confusion(sum(cms.values()), 0).miou
         return overall, by
 
     def _probe(self, model: Any, index: Sequence[int], mc_samples: int = 0) -> tuple[np.ndarray, np.ndarray, float]:

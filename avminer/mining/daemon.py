@@ -43,10 +43,10 @@ def sample_drive_path() -> Path:
 
 
 def catalog_url(settings: Settings) -> str:
-    """``sinks.catalog_url``, else a SQLite file in the output directory."""
-    if settings.sinks.catalog_url:
-        return settings.sinks.catalog_url
-    return f"sqlite:///{(Path(settings.sinks.output_dir).expanduser() / 'catalog.db').resolve()}"
+    """``sinks.catalog_url``, else a SQLite file in the output directory (:func:`avminer.sinks.default_catalog_url`)."""
+    from avminer.sinks import default_catalog_url
+
+    return default_catalog_url(settings)
 
 
 def open_engines(settings: Settings) -> Any:

@@ -48,7 +48,18 @@ import numpy as np
 from avminer.config import Settings
 from avminer.errors import EngineError, MiningError, SinkUnavailableError
 from avminer.events.records import CameraFrame, Decision, RadarScan
-from avminer.metrics import CONSUMER_LAG, DECISIONS, FRAMES_IN, MINED, PAUSES, QUEUE_DEPTH, SINK_ERRORS
+from avminer.metrics import (
+    CONSUMER_LAG,
+    DECISIONS,
+    FRAMES_IN,
+    MINED,
+    MINING_RATE,
+    MINING_TARGET,
+    PAUSES,
+    QUEUE_DEPTH,
+    SELECTION_THRESHOLD,
+    SINK_ERRORS,
+)
 from avminer.mining.batcher import MicroBatcher
 from avminer.mining.deadletter import DeadLetterSink
 from avminer.mining.decode import PoisonError, decode_event, decode_image, image_bytes
@@ -174,6 +185,7 @@ class Pipeline:
         self.writer = writer
         self.dead_letters = dead_letters
         self.policy = policy
+        self._selection_exported = float("-inf")
         self._scorer_for = scorer_for or default_scorer_factory(settings)
         self._scorers: dict[str, Any] = {}
         self.fetch = fetch
@@ -604,6 +616,7 @@ class Pipeline:
                 for f, s in zip(frames, scores, strict=True)
             ]
             verdicts = self.policy.select(candidates)
+            self._export_selection()
             now_us = int(time.time() * 1_000_000)
             samples, decided = [], []
             for w, s, v, img in zip(batch, scores, verdicts, images, strict=True):
@@ -620,6 +633,18 @@ class Pipeline:
             if self.on_decided is not None:
                 self.on_decided(decided)
             self._put(self._sink_q, (batch, samples))
+
+    def _export_selection(self, every_s: float = 1.0) -> None:
+        """Mining rate, target and threshold per slice, from the policy, at most once per ``every_s``."""
+        now = time.monotonic()
+        if now - self._selection_exported < every_s:
+            return
+        self._selection_exported = now
+        for key, st in self.policy.stats().items():
+            MINING_RATE.labels(slice=key).set(st["mined_rate"])
+            MINING_TARGET.labels(slice=key).set(st["target_rate"])
+            if st["threshold"] is not None and np.isfinite(st["threshold"]):
+                SELECTION_THRESHOLD.labels(slice=key, score="priority").set(st["threshold"])
 
     def _sample(self, w: FrameWork, d: Decision, s: Any, priority: float) -> Any:
         from avminer.sinks.base import MinedSample

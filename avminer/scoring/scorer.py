@@ -184,6 +184,7 @@ class Scorer:
 
         for fs in scored:
             metrics.UNCERTAINTY.labels(fs.slice).observe(fs.scores["mi"])
+            metrics.ENTROPY.labels(fs.slice).observe(fs.scores["entropy"])
             if self.reference is not None:
                 metrics.SHIFT_SCORE.labels(fs.slice).observe(fs.scores["shift"])
             if fs.scores["radar"] >= 0.5:

@@ -25,7 +25,8 @@ similarity ``>= duplicate_similarity``), per-camera cooldown on the frames' own 
 hourly token bucket on the injected clock.
 
 **Duplicates of seen frames.** A frame whose embedding is a near-duplicate of one of the last
-``memory_size`` frames *seen* (mined or not) is rejected outright and not added to the sketches: it
+``memory_size`` frames *seen* (mined or not) in its slice — compared around the slice's running
+embedding centre, see :meth:`SelectionPolicy._unit` — is rejected outright and not added to the sketches: it
 carries no new information, so a camera stuck on one scene, a stationary vehicle or a replayed stream
 neither inflates the statistics nor gets a second chance at the threshold. This is also the
 within-batch diversity rule: candidates are taken in arrival order and the first of two near-identical
@@ -139,11 +140,22 @@ def unpack_sketches(data: bytes) -> dict[str, QuantileSketch]:
     return out
 
 
+CENTER_HORIZON = 512
+"""Frames a slice's embedding centre averages over (an exponential moving average after that)."""
+EXACT_REPEAT = 0.999
+"""Raw-embedding cosine similarity at which a frame is the same picture again, whatever the centre."""
+
+
 @dataclass
 class _Slice:
     local: dict[str, QuantileSketch]
     bucket: TokenBucket
     rate: float
+    seen: EmbeddingMemory  # centred units of recently seen distinct frames
+    seen_raw: EmbeddingMemory  # raw units of the same frames: catches exact repeats while the centre moves
+    mined_memory: EmbeddingMemory
+    center: np.ndarray | None = None  # [D] running mean of the slice's embeddings
+    center_n: int = 0
     snapshot: dict[str, QuantileSketch] | None = None
     threshold: float | None = None
     since_refresh: int = 0
@@ -173,8 +185,6 @@ class SelectionPolicy:
         self.weights = {c: float(settings.score_weights.get(c, 0.0)) for c in COMPONENTS}
         self._slices: dict[str, _Slice] = {}
         self._remote: dict[str, dict[str, dict[str, QuantileSketch]]] = {}
-        self._seen = EmbeddingMemory(settings.memory_size)
-        self._mined = EmbeddingMemory(settings.memory_size)
         self._last_mined: dict[str, float] = {}
         self._pooled: tuple[int, QuantileSketch] | None = None
         self._pooled_stale = False
@@ -194,7 +204,8 @@ class SelectionPolicy:
         st = self._slices.get(slice_key)
         if st is None:
             st = _Slice(_new_sketches(), TokenBucket(self.settings.hourly_budget, 3600.0, self.clock),
-                        self.rate_for(slice_key))
+                        self.rate_for(slice_key), EmbeddingMemory(self.settings.memory_size),
+                        EmbeddingMemory(self.settings.memory_size), EmbeddingMemory(self.settings.memory_size))
             self._slices[slice_key] = st
         return st
 
@@ -252,29 +263,46 @@ class SelectionPolicy:
             return self._select(cands)
 
     def _select(self, cands: Sequence[Candidate]) -> list[Verdict]:
-        units: list[np.ndarray | None] = []
         for c in cands:
-            if c.embedding is None:
-                units.append(None)
-                continue
-            e = np.asarray(c.embedding, dtype=np.float32).reshape(1, -1)
-            if not np.isfinite(e).all():
+            if c.embedding is not None and not np.isfinite(np.asarray(c.embedding, dtype=np.float32)).all():
                 raise SelectionError(f"candidate {c.sample_id}: embedding has NaN or inf")
-            units.append(normalize(e))
-        return [self._decide(c, u) for c, u in zip(cands, units, strict=True)]
+        return [self._decide(c) for c in cands]
 
-    def _decide(self, c: Candidate, unit: np.ndarray | None) -> Verdict:
+    @staticmethod
+    def _unit(st: _Slice, embedding: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """The frame's embedding relative to its slice's running centre, unit length ``[1, D]``.
+
+        Similarity is measured within a slice around the slice's own centre: a shifted condition (dusk
+        for a model trained on day) sits far from the training data in one common direction, so raw
+        embeddings of *different* dusk frames are all nearly parallel and would all count as duplicates
+        of the first one — exactly the frames that should be mined. The centre is a running mean over
+        the last :data:`CENTER_HORIZON` frames (an EMA), including this one.
+        """
+        if embedding is None:
+            return None
+        e = np.asarray(embedding, dtype=np.float32).reshape(-1)
+        if st.center is None or st.center.shape != e.shape:
+            st.center, st.center_n = np.zeros_like(e), 0
+        st.center_n = min(st.center_n + 1, CENTER_HORIZON)
+        st.center += (e - st.center) / st.center_n
+        return normalize((e - st.center).reshape(1, -1)), normalize(e.reshape(1, -1))
+
+    def _decide(self, c: Candidate) -> Verdict:
         s = self.settings
         st = self._state(c.slice)
         st.frames += 1
         novelty = 0.0
-        if unit is not None:
-            sim = float(self._seen.max_similarity(unit)[0])
-            if sim >= s.duplicate_similarity:
+        units = self._unit(st, c.embedding)
+        unit = units[0] if units is not None else None
+        if units is not None:
+            unit, raw = units
+            sim = float(st.seen.max_similarity(unit)[0])
+            if sim >= s.duplicate_similarity or float(st.seen_raw.max_similarity(raw)[0]) >= EXACT_REPEAT:
                 st.rejected["duplicate"] += 1
-                return Verdict(False, [], 0.0, "duplicate", st.threshold, {"novelty": 1.0 - sim})
-            novelty = 1.0 - max(sim, 0.0) if len(self._seen) else 1.0
-            self._seen.add(unit)
+                return Verdict(False, [], 0.0, "duplicate", st.threshold, {"novelty": 1.0 - max(sim, 0.0)})
+            novelty = 1.0 - max(sim, 0.0) if len(st.seen) else 1.0
+            st.seen.add(unit)
+            st.seen_raw.add(raw)
 
         grown = max(REFRESH_EVERY, st.distinct // 100)
         if st.snapshot is None or st.since_refresh >= grown or st.threshold is None and st.since_refresh:
@@ -294,7 +322,7 @@ class SelectionPolicy:
             return self._reject(st, "warmup", priority, extra)
         if priority <= st.threshold:
             return self._reject(st, "below_threshold", priority, extra)
-        if unit is not None and float(self._mined.max_similarity(unit)[0]) >= s.duplicate_similarity:
+        if unit is not None and float(st.mined_memory.max_similarity(unit)[0]) >= s.duplicate_similarity:
             return self._reject(st, "duplicate", priority, extra)
         last = self._last_mined.get(c.camera_key)
         if last is not None and abs(c.timestamp_s - last) < s.camera_cooldown_s:
@@ -304,7 +332,7 @@ class SelectionPolicy:
         threshold = st.threshold
         reasons = [REASONS[n] for n in COMPONENTS if n in surprise and self.weights[n] * surprise[n] > threshold]
         if unit is not None:
-            self._mined.add(unit)
+            st.mined_memory.add(unit)
         self._last_mined[c.camera_key] = c.timestamp_s
         st.mined += 1
         st.reasons.update(reasons)
@@ -378,8 +406,10 @@ class SelectionPolicy:
             for st in self._slices.values():
                 st.local = _new_sketches()
                 st.snapshot, st.threshold, st.since_refresh = None, None, 0
-            self._seen.clear()
-            self._mined.clear()
+                st.seen.clear()
+                st.seen_raw.clear()
+                st.mined_memory.clear()
+                st.center, st.center_n = None, 0
             self._pooled = None
 
     # -- observability ---------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ uses from the settings:
 - ``sinks.s3.endpoint_url`` set → frames in S3, else in ``sinks.output_dir/frames``;
 - ``kafka.bootstrap_servers`` set → requests and decisions on their topics, else
   ``requests.jsonl``/``decisions.jsonl`` in ``sinks.output_dir``;
-- the catalog from ``sinks.catalog_url`` (default: ``sqlite:///<output_dir>/catalog.sqlite``).
+- the catalog from ``sinks.catalog_url`` (default: ``sqlite:///<output_dir>/catalog.db``).
 
 Client libraries (boto3, kafka-python, psycopg) are imported only by the module that needs them.
 """
@@ -50,12 +50,16 @@ __all__ = [
 
 
 def default_catalog_url(settings: Settings) -> str:
-    """``sinks.catalog_url``, or a SQLite file in the output directory when unset."""
+    """``sinks.catalog_url``, or a SQLite file in the output directory when unset.
+
+    The one default for every process (miner, label consumer, oracle, catalog CLI, trainer): the
+    labels of an embedded run must land in the catalog its miner wrote.
+    """
     from pathlib import Path
 
     if settings.sinks.catalog_url:
         return settings.sinks.catalog_url
-    return f"sqlite:///{Path(settings.sinks.output_dir).expanduser().resolve() / 'catalog.sqlite'}"
+    return f"sqlite:///{Path(settings.sinks.output_dir).expanduser().resolve() / 'catalog.db'}"
 
 
 def open_frame_store(settings: Settings) -> FrameStore:

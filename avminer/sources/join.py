@@ -9,6 +9,11 @@ frame may arrive before the radar that matches it; it then waits until either
 - ``wait_s`` of wall-clock time went by (late radar is tolerated: the frame goes on without it), or
 - the joiner is flushed (end of input, shutdown).
 
+Frames leave in the order they arrived *per partition*: a frame that is ready waits behind an earlier
+frame of its partition that still waits for radar (at most ``wait_s``). Without that, a backlog
+released at one tick would leave vehicle by vehicle, and a model hot-swapped between two batches
+would not switch at one point of each partition's offsets.
+
 A scan is kept while a frame could still join it and is *expired* once the vehicle's camera frames
 have moved ``2 * window`` past it (one window of slack for frames of several cameras arriving slightly
 out of order); expired scans' tokens are handed back so their offsets can be committed. The buffer is
@@ -38,6 +43,8 @@ class _Waiting(Generic[P]):
     arrived: float
     payload: P
     part: Hashable
+    scan: RadarScan | None = None
+    resolved: bool = False  # joined (or given up on); may still wait behind its partition's head
 
 
 @dataclass
@@ -72,6 +79,7 @@ class RadarJoiner(Generic[P, T]):
         self.clock = clock
         self._vehicles: dict[str, _Vehicle[P, T]] = {}
         self._ready: list[tuple[P, RadarScan | None, Hashable]] = []
+        self._order: dict[Hashable, deque[_Waiting[P]]] = {}  # frames per partition, in arrival order
         self._expired: list[T] = []
         self._n_scans = 0
 
@@ -94,6 +102,7 @@ class RadarJoiner(Generic[P, T]):
         v = self._vehicles.setdefault(vehicle_id, _Vehicle())
         v.frame_mark = timestamp_us if v.frame_mark is None else max(v.frame_mark, timestamp_us)
         w = _Waiting(timestamp_us, self.clock(), payload, part)
+        self._order.setdefault(part, deque()).append(w)
         complete = v.radar_mark is not None and timestamp_us + self.window_us <= v.radar_mark
         if complete or self.wait_s <= 0:
             self._resolve(v, w)
@@ -119,7 +128,7 @@ class RadarJoiner(Generic[P, T]):
             self._vehicles.clear()
 
     def pop_ready(self) -> list[tuple[P, RadarScan | None]]:
-        """Frames ready to go on, each with its joined scan (or None), in the order they became ready."""
+        """Frames ready to go on, each with its joined scan (or None), in arrival order per partition."""
         out = [(payload, scan) for payload, scan, _ in self._ready]
         self._ready = []
         return out
@@ -147,6 +156,8 @@ class RadarJoiner(Generic[P, T]):
             self._n_scans -= len(v.scans) - len(kept)
             v.scan_ts = [ts for ts, _ in kept]
             v.scans = [s for _, s in kept]
+        for part in parts:
+            dropped += sum(1 for w in self._order.pop(part, ()) if w.resolved)  # unresolved: counted above
         dropped += sum(1 for r in self._ready if r[2] in parts)
         self._ready = [r for r in self._ready if r[2] not in parts]
         return dropped
@@ -162,7 +173,14 @@ class RadarJoiner(Generic[P, T]):
 
     # -- internals -----------------------------------------------------------------------------------
     def _resolve(self, v: _Vehicle[P, T], w: _Waiting[P]) -> None:
-        self._ready.append((w.payload, self._nearest(v, w.timestamp_us), w.part))
+        w.scan = self._nearest(v, w.timestamp_us)
+        w.resolved = True
+        queue = self._order.get(w.part)
+        while queue and queue[0].resolved:
+            head = queue.popleft()
+            self._ready.append((head.payload, head.scan, head.part))
+        if queue is not None and not queue:
+            del self._order[w.part]
 
     def _nearest(self, v: _Vehicle[P, T], t: int) -> RadarScan | None:
         i = bisect.bisect_left(v.scan_ts, t)

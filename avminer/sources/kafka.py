@@ -23,7 +23,7 @@ from kafka.structs import OffsetAndMetadata
 
 from avminer.config import Settings
 from avminer.errors import SourceError
-from avminer.metrics import COMMITS, KAFKA_ERRORS
+from avminer.metrics import ASSIGNED_PARTITIONS, COMMITS, KAFKA_ERRORS
 from avminer.sources.base import AssignedCallback, Partition, RevokedCallback, SourceMessage
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ class KafkaSource:
 
     def __init__(self, settings: Settings, topics: Sequence[str] | None = None, group_id: str | None = None) -> None:
         self.topics = list(topics) if topics is not None else [settings.topics.frames, settings.topics.radar]
+        self._frames_topic = settings.topics.frames
+        self._owned: set[Partition] = set()
         self._on_assigned: AssignedCallback | None = None
         self._on_revoked: RevokedCallback | None = None
         self._committed: dict[Partition, int] = {}
@@ -191,7 +193,12 @@ class KafkaSource:
     # ahead of the JoinGroup request that follows, so the coordinator sees it while this member still
     # owns the partitions. If it is refused anyway, the new owner replays from the previous commit
     # (at-least-once; the sinks are idempotent).
+    def _track_assignment(self, added: set[Partition], removed: set[Partition]) -> None:
+        self._owned = (self._owned - removed) | added
+        ASSIGNED_PARTITIONS.set(sum(1 for topic, _ in self._owned if topic == self._frames_topic))
+
     def _revoked(self, tps: set[Partition]) -> None:
+        self._track_assignment(set(), tps)
         offsets = self._on_revoked(tps) if self._on_revoked is not None else {}
         for tp in tps:
             self._committed.pop(tp, None)
@@ -212,6 +219,7 @@ class KafkaSource:
             log.warning("commit on revocation not sent: %s", exc)
 
     def _assigned(self, tps: set[Partition]) -> None:
+        self._track_assignment(tps, set())
         with self._reset_lock:
             self._reset |= tps
         if self._on_assigned is not None:
@@ -231,5 +239,6 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def on_partitions_lost(self, lost: Any) -> None:
         # Membership is gone (session timeout): another member may own these already; commit nothing.
         tps = {(tp.topic, tp.partition) for tp in lost}
+        self.source._track_assignment(set(), tps)
         if self.source._on_revoked is not None:
             self.source._on_revoked(tps)

@@ -59,6 +59,7 @@ from avminer.trainer.train import TrainConfig, TrainResult, evaluate, train_ense
 log = logging.getLogger(__name__)
 
 METHODS = ("baseline", "prune", "lowrank", "expandnet")
+PLOT_TITLES = {"prune": "Learned number of neurons (sparse group lasso)", "lowrank": "Learned rank per conv (nuclear norm)"}
 
 
 @dataclass
@@ -344,13 +345,10 @@ def run_report(cfg: ReportConfig, frames: tuple[LabeledFrames, LabeledFrames] | 
             train_params = count_params(model)
             compact = contract_ensemble(model)
             measure(method, compact, result, train_params, **_contraction_errors(model, compact, cfg.input_hw))
+        if cfg.out_dir is not None and method in layers:  # written as soon as known: full runs take hours
+            plots[method] = str(plot_layer_counts(layers[method], Path(cfg.out_dir) / f"{method}_layers.png",
+                                                  PLOT_TITLES[method]))
         log.info("%s done in %.0f s", method, time.perf_counter() - t0)
-    if cfg.out_dir is not None:
-        titles = {"prune": "Learned number of neurons (sparse group lasso)",
-                  "lowrank": "Learned rank per conv (nuclear norm)"}
-        for method, counts in layers.items():
-            path = plot_layer_counts(counts, Path(cfg.out_dir) / f"{method}_layers.png", titles[method])
-            plots[method] = str(path)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     settings.update(train_frames=len(train), held_out_frames=len(held))
     return CompressionReport(rows, layers, plots, settings)

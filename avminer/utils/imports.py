@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import importlib.util
-from functools import lru_cache
+from functools import cache
 from types import ModuleType
 
 from avminer.errors import BackendUnavailableError
@@ -21,7 +21,7 @@ def _importable(name: str) -> bool:
         return False
 
 
-@lru_cache(maxsize=None)
+@cache
 def is_torch_available() -> bool:
     """True if torch can be imported."""
     if not _importable("torch"):
@@ -33,7 +33,7 @@ def is_torch_available() -> bool:
     return True
 
 
-@lru_cache(maxsize=None)
+@cache
 def is_cuda_available() -> bool:
     """True if torch sees at least one CUDA device."""
     if not is_torch_available():
@@ -46,7 +46,7 @@ def is_cuda_available() -> bool:
         return False
 
 
-@lru_cache(maxsize=None)
+@cache
 def is_tensorrt_available() -> bool:
     """True if the TensorRT Python bindings import (a CUDA device is checked separately)."""
     if not _importable("tensorrt"):

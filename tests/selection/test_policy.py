@@ -8,6 +8,7 @@ import pytest
 from avminer.config import SelectionSettings
 from avminer.errors import SelectionError
 from avminer.selection.budget import TokenBucket
+from avminer.selection.memory import normalize
 from avminer.selection.policy import Candidate, SelectionPolicy, pack_sketches, unpack_sketches
 
 RATES = {"day/*/*": 0.02, "dusk/*/*": 0.05, "*/fog/*": 0.1}
@@ -161,3 +162,25 @@ def test_sketch_exchange_merges_fleet_statistics() -> None:
     assert b.stats()[SLICES[0]]["fleet_frames"] == b.stats()[SLICES[0]]["distinct"]
     with pytest.raises(SelectionError):
         b.merge_remote("miner-x", {SLICES[0]: b"\x01\x01\x05abc"})
+
+
+def test_shifted_slice_is_not_collapsed_into_duplicates() -> None:
+    """Frames of a shifted condition share one large offset from the training data: raw embeddings are
+    nearly parallel. Distinct frames must still count as distinct (similarity is measured around the
+    slice's own centre), while an exact repeat is still caught."""
+    rng = np.random.default_rng(3)
+    d = 48
+    offset = 40.0 * normalize(rng.normal(size=(1, d)))[0]
+    frames = offset + rng.normal(size=(300, d)).astype(np.float32)  # raw pairwise cosine ~0.95+
+    raw = normalize(frames)
+    assert float((raw[1:] * raw[:-1]).sum(axis=1).mean()) > 0.95
+    policy = SelectionPolicy(SelectionSettings(target_rate=0.05, slice_rates={}, camera_cooldown_s=0.0),
+                             clock=FakeClock())
+    cands = [_hot(f"s{i}", "cam", "dusk/clear/x", float(i), frames[i], mi=float(rng.exponential(0.05)))
+             for i in range(len(frames))]
+    policy.select(cands)
+    stats = policy.stats()["dusk/clear/x"]
+    assert stats["rejected"].get("duplicate", 0) <= 3
+    assert stats["distinct"] >= 297
+    again = policy.select([_hot("s5-again", "cam", "dusk/clear/x", 1e6, frames[5])])[0]
+    assert again.rejected == "duplicate"

@@ -45,7 +45,11 @@ def run(args: argparse.Namespace) -> int:
     if args.fractions:
         changes["fractions"] = [float(v) for v in args.fractions.split(",")]
     cfg = replace(cfg, **changes).validate()
-    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else (lambda msg: print(msg, flush=True))
+    stream = sys.stderr if args.json else sys.stdout  # --json keeps stdout for the one JSON object
+
+    def say(msg: str) -> None:
+        print(msg, file=stream, flush=True)
+
     pool, held = load_frames(args.data, args.eval_data, cfg, limit=args.limit)
     say(f"pool {len(pool)} frames, held-out {len(held)}, input {cfg.height}x{cfg.width}, width {cfg.net_width}, "
         f"K={cfg.members}, {cfg.steps} steps per training")

@@ -54,7 +54,7 @@ class ALConfig:
     net_width: float = 0.25
     members: int = 4
     initial_fraction: float = 0.05  # of the pool, drawn from day frames only
-    fractions: list[float] = field(default_factory=lambda: [0.1, 0.15, 0.2, 0.3, 0.4])  # labeled after each round
+    fractions: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4])  # labeled after each round
     steps: int = 150  # optimiser steps per (re)training, whatever the labeled set's size
     batch_size: int = 16  # small nets on a CPU are bound by per-op overhead: bigger batches are nearly free
     lr: float = 2e-3

@@ -23,7 +23,9 @@ REPO = Path(__file__).resolve().parents[2]
 def embedded_settings(out: Path) -> object:
     return load_settings(environ={}, overrides={
         "sinks": {"output_dir": str(out)}, "metrics": {"port": 0},
-        "selection": {"target_rate": 0.2, "warmup_frames": 8, "camera_cooldown_s": 0.0},
+        # 48 frames, 8 of each slice spent warming up: a high rate so that the sinks surely get mined frames
+        # (what this module tests is the plumbing; rates are tested in tests/selection).
+        "selection": {"target_rate": 0.5, "slice_rates": {}, "warmup_frames": 8, "camera_cooldown_s": 0.0},
     })
 
 

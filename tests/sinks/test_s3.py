@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,10 @@ def test_bucket_created_on_demand(s3: S3Server, unique: str) -> None:
     assert len(_keys(s3, f"auto-{unique}")) == 1
 
 
+OUTAGE_S = 30.0
+
+
+@pytest.mark.slow
 def test_outage_mid_stream_pauses_loses_nothing_stores_nothing_twice(
     s3_private: S3Server, tmp_path: Path, sqlite_catalog: Catalog
 ) -> None:
@@ -71,10 +77,21 @@ def test_outage_mid_stream_pauses_loses_nothing_stores_nothing_twice(
     # Nothing of the failed batch reached the request queue: it is retried, not half-sent.
     assert len(read_requests(out)) == 3
 
+    # The miner's sink stage retries the failed batch until S3 is back (it pauses, it never drops):
+    # keep S3 away for the 30 s while that loop runs.
+    pauses: list[int] = []
+    retrying = threading.Thread(
+        target=retry_until_available, args=(lambda: writer.write_batch(batches[1]),),
+        kwargs={"base_s": 0.05, "cap_s": 2.0, "on_pause": lambda exc, attempt: pauses.append(attempt)},
+    )
+    retrying.start()
+    time.sleep(OUTAGE_S)  # the outage itself, not a timing assertion
+    assert retrying.is_alive() and len(pauses) >= 3
+    assert len(read_requests(out)) == 3  # still nothing of batch 1 while S3 is down
     s3_private.restart()
-    # The miner's retry loop replays the failed batch, then the stream goes on; a replay of an
-    # already-written batch (as after a crash) is harmless.
-    retry_until_available(lambda: writer.write_batch(batches[1]), base_s=0.05)
+    retrying.join(timeout=120)
+    assert not retrying.is_alive()
+    # The stream goes on; a replay of an already-written batch (as after a crash) is harmless.
     for batch in batches[2:] + [batches[0]]:
         writer.write_batch(batch)
     writer.close()

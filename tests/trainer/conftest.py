@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
+import torch
 
 from avminer.trainer.data import LabeledFrames
 
@@ -31,3 +34,12 @@ def make_frames(n: int, seed: int = 0, slices: tuple[str, ...] = ("day/clear/tes
 @pytest.fixture
 def tiny_frames() -> LabeledFrames:
     return make_frames(8)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    # Tiny tensors: a second thread only adds synchronisation, and a lot of it on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from torch import nn
 
 from avminer.cli.main import main
@@ -16,15 +14,6 @@ from avminer.errors import TrainerError
 from avminer.trainer.report import ReportConfig, count_macs, count_params, run_report
 from tests.trainer.conftest import make_frames
 from tests.trainer.test_data import write_camvid
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny tensors: a second thread only adds synchronisation, and a lot of it on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_count_macs_by_hand() -> None:

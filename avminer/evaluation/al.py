@@ -17,8 +17,8 @@ Strategies (all see the same pool, initial set and training recipe):
   labeled set's features) + per-slice budgets + diversity (greedy, penalising cosine similarity to frames
   already picked or labeled).
 
-Models are retrained from scratch each round (same seed, same number of optimiser steps), so a
-strategy's curve reflects only which frames it labeled.
+Models are retrained from scratch each round (same seed, same number of epochs over the labeled set,
+at least ``min_steps`` optimiser steps), so a strategy's curve reflects only which frames it labeled.
 """
 
 from __future__ import annotations
@@ -49,13 +49,14 @@ SINGLE_MODEL = {"entropy", "mc_bald"}
 class ALConfig:
     """Settings of one simulation (``--quick`` uses :data:`QUICK`)."""
 
-    height: int = 88
-    width: int = 120
+    height: int = 48
+    width: int = 64
     net_width: float = 0.25
     members: int = 4
     initial_fraction: float = 0.05  # of the pool, drawn from day frames only
     fractions: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4])  # labeled after each round
-    steps: int = 150  # optimiser steps per (re)training, whatever the labeled set's size
+    epochs: float = 40.0  # passes over the labeled set per (re)training: more labels, more steps
+    min_steps: int = 60  # tiny labeled sets still get this many optimiser steps
     batch_size: int = 16  # small nets on a CPU are bound by per-op overhead: bigger batches are nearly free
     lr: float = 2e-3
     mc_samples: int = 20
@@ -80,7 +81,7 @@ class ALConfig:
 
 
 # CI smoke settings: every strategy and code path, tiny nets, two rounds; not a measurement.
-QUICK = ALConfig(height=48, width=64, fractions=[0.12, 0.25], steps=12, mc_samples=8, members=2)
+QUICK = ALConfig(height=32, width=48, fractions=[0.12, 0.25], epochs=2.0, min_steps=4, mc_samples=8, members=2)
 
 
 @dataclass
@@ -200,12 +201,16 @@ class Simulation:
         from avminer.trainer.train import TrainConfig, train_ensemble
 
         frames = self.pool.subset(list(labeled))
-        steps_per_epoch = max(1, len(frames) // self.cfg.batch_size)
-        epochs = max(1, math.ceil(self.cfg.steps / steps_per_epoch))
+        # A fixed number of epochs, not of steps: with a fixed step budget a larger labeled set is seen
+        # fewer times per frame and the curve measures under-training instead of the data's value.
+        batch = min(self.cfg.batch_size, len(frames))
+        steps_per_epoch = max(1, len(frames) // batch)
+        steps = max(self.cfg.min_steps, math.ceil(self.cfg.epochs * len(frames) / batch))
+        epochs = max(1, math.ceil(steps / steps_per_epoch))
         arch = erfnet_arch(width=self.cfg.net_width, members=members)
         model = build_ensemble(arch, seed=self.cfg.seed)
         tc = TrainConfig(
-            epochs=epochs, batch_size=min(self.cfg.batch_size, len(frames)), lr=self.cfg.lr,
+            epochs=epochs, batch_size=batch, lr=self.cfg.lr,
             seed=self.cfg.seed, threads=self.cfg.threads, eval_every=10**9, progress=False,
         )
         return train_ensemble(model, frames, tc, work_dir=None).model

@@ -72,7 +72,7 @@ def _frames(n: int, h: int, w: int, seed: int):  # type: ignore[no-untyped-def]
 
 
 def test_simulation_runs_every_strategy(tmp_path: Path) -> None:
-    cfg = ALConfig(height=16, width=24, members=2, initial_fraction=0.1, fractions=[0.2, 0.35], steps=2,
+    cfg = ALConfig(height=16, width=24, members=2, initial_fraction=0.1, fractions=[0.2, 0.35], epochs=1.0, min_steps=2,
                    batch_size=4, mc_samples=3, threads=1)
     pool, held = _frames(30, 16, 24, 0), _frames(9, 16, 24, 1)
     report = Simulation(pool, held, cfg, progress=lambda _: None).run()
@@ -97,3 +97,18 @@ def test_config_errors_are_clear() -> None:
         ALConfig(height=50).validate()
     with pytest.raises(DatasetError, match="unknown strategies"):
         ALConfig(strategies=["oracle"]).validate()
+
+
+def test_bench_al_quick_cli_prints_one_json_object(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from avminer.cli.main import main
+    from tests.trainer.test_data import write_camvid
+
+    rows = [(f"d{i}", "train", "D", "day") for i in range(16)] + [(f"k{i}", "train", "K", "dusk") for i in range(6)]
+    data = write_camvid(tmp_path / "cv", rows)
+    rc = main(["bench", "al", "--data", str(data), "--quick", "--threads", "1", "--strategies", "random,policy",
+               "--out", str(tmp_path / "al"), "--json"])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["strategies"]) == {"random", "policy"}
+    assert report["pool_frames"] + report["eval_frames"] == len(rows)
+    assert Path(report["files"]["plot"]).is_file()

@@ -20,8 +20,8 @@ def register(sub: Any) -> None:
     p.add_argument("--eval-data", help="held-out CamVid-layout directory (default: every 4th pool frame)")
     p.add_argument("--quick", action="store_true", help="small settings for CI (a few minutes on 2 cores)")
     p.add_argument("--strategies", help="comma-separated subset of random,entropy,mc_bald,dpe_mi,policy")
-    p.add_argument("--steps", type=int, help="optimiser steps per (re)training")
-    p.add_argument("--size", help="input HxW, multiples of 8 (default 88x120; quick 48x64)")
+    p.add_argument("--epochs", type=float, help="passes over the labeled set per (re)training (default 40)")
+    p.add_argument("--size", help="input HxW, multiples of 8 (default 48x64; quick 32x48)")
     p.add_argument("--fractions", help="labeled fractions after each round, e.g. 0.1,0.2,0.3")
     p.add_argument("--limit", type=int, help="use N evenly spaced pool frames (smoke tests)")
     p.add_argument("--seed", type=int, default=0)
@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     changes: dict[str, Any] = {"seed": args.seed, "threads": args.threads}
     if args.strategies:
         changes["strategies"] = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    if args.steps:
-        changes["steps"] = args.steps
+    if args.epochs:
+        changes["epochs"] = args.epochs
     if args.size:
         h, w = (int(v) for v in args.size.lower().split("x"))
         changes.update(height=h, width=w)
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     pool, held = load_frames(args.data, args.eval_data, cfg, limit=args.limit)
     say(f"pool {len(pool)} frames, held-out {len(held)}, input {cfg.height}x{cfg.width}, width {cfg.net_width}, "
-        f"K={cfg.members}, {cfg.steps} steps per training")
+        f"K={cfg.members}, {cfg.epochs:g} epochs per training (>= {cfg.min_steps} steps)")
     report = Simulation(pool, held, cfg, progress=say).run()
     jpath, ppath = write_report(report, args.out)
     report["files"] = {"json": str(jpath), "plot": str(ppath)}

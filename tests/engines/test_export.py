@@ -75,7 +75,7 @@ def test_open_engine_picks_ort_on_cpu(bundles: dict[str, Bundle]) -> None:
 def test_starter_bundle_parity() -> None:
     path = default_bundle_path()
     if not (path / "manifest.json").exists():
-        pytest.skip(f"no starter bundle at {path} yet (the trainer writes it)")
+        pytest.fail(f"no starter bundle at {path}; regenerate it with tools/train_starter.py")
     bundle = load_bundle(path)
     report = check_parity(bundle, batch=1)
     assert report["probs"] <= PARITY_ATOL and report["features"] <= PARITY_ATOL

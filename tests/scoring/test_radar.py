@@ -36,7 +36,8 @@ def test_projection_is_the_ground_plane_pinhole() -> None:
 
 
 def test_matches_the_camvid_simulator_geometry() -> None:
-    camvid = pytest.importorskip("avminer.datasets.camvid")
+    from avminer.datasets import camvid
+
     cam = camvid.CameraModel()
     rng_m, az = cam.ground_point(300.0, 100.0, 360, 480)  # a road pixel of a 480x360 frame
     ours = CameraModel.from_fov(480, 360)

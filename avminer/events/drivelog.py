@@ -34,7 +34,7 @@ from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import fastavro
 
@@ -113,7 +113,36 @@ class _AtomicOcfWriter:
             self._tmp.unlink()
 
 
-class DriveLogWriter:
+class _FileWriter:
+    """Lifecycle shared by the drive-log writers: a clean close publishes the file, an error discards it."""
+
+    _out: _AtomicOcfWriter | None
+
+    def close(self) -> None:
+        """Finish the file and move it into place (idempotent)."""
+        if self._out is not None:
+            out, self._out = self._out, None
+            out.close()
+
+    def abort(self) -> None:
+        """Discard the file being written."""
+        if self._out is not None:
+            out, self._out = self._out, None
+            out.abort()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class DriveLogWriter(_FileWriter):
     """Write camera frames and radar scans, in time order, to a drive log.
 
     The file appears at ``path`` only when the writer is closed cleanly (written to ``path.tmp``
@@ -196,28 +225,6 @@ class DriveLogWriter:
         else:
             self.radar_scans += 1
 
-    def close(self) -> None:
-        """Finish the file and move it into place (idempotent)."""
-        if self._out is not None:
-            out, self._out = self._out, None
-            out.close()
-
-    def abort(self) -> None:
-        """Discard the file being written."""
-        if self._out is not None:
-            out, self._out = self._out, None
-            out.abort()
-
-    def __enter__(self) -> DriveLogWriter:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 @contextlib.contextmanager
@@ -345,7 +352,7 @@ def drive_log_info(path: str | os.PathLike[str]) -> DriveLogInfo:
 # --- ground truth side file ------------------------------------------------------------------------
 
 
-class GroundTruthWriter:
+class GroundTruthWriter(_FileWriter):
     """Write the ground-truth side file of a drive log: frame id -> label PNG.
 
     Args:
@@ -393,26 +400,6 @@ class GroundTruthWriter:
         self._out.write({"frame_id": frame_id, "label_png": bytes(label_png)})
         self.count += 1
 
-    def close(self) -> None:
-        if self._out is not None:
-            out, self._out = self._out, None
-            out.close()
-
-    def abort(self) -> None:
-        if self._out is not None:
-            out, self._out = self._out, None
-            out.abort()
-
-    def __enter__(self) -> GroundTruthWriter:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def _side_file(path: str | os.PathLike[str]) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,8 +15,8 @@ from avminer.config import Settings, load_settings
 from avminer.events import codec
 from avminer.events.records import CameraFrame, Decision, LabelRequest, ModelRelease
 from avminer.mining import decode
-from avminer.mining.daemon import open_engines, run_miner
-from avminer.mining.pipeline import PipelineStats
+from avminer.mining.daemon import open_engines
+from tests.integration.support import MinerThread as _MinerThread
 from tests.mining.support import (
     committed_offsets,
     consume_all,
@@ -42,34 +41,11 @@ def decisions_of(bootstrap: str, topic: str, expect: int | None = None, timeout_
     return [codec.decode_as(r.value, Decision) for r in consume_all(bootstrap, topic, expect, timeout_s)]
 
 
-class MinerThread:
-    """run_miner in a thread of this process (the engine is the test double unless given)."""
+class MinerThread(_MinerThread):
+    """:class:`tests.integration.support.MinerThread` with the test-double engine unless one is given."""
 
     def __init__(self, settings: Settings, engines: Any = None) -> None:
-        self.stop = threading.Event()
-        self.stats: PipelineStats | None = None
-        self.error: BaseException | None = None
-        self.engines = engines if engines is not None else fake_holder()
-
-        def run() -> None:
-            try:
-                self.stats = run_miner(settings, engines=self.engines, stop=self.stop, handle_signals=False,
-                                       serve_metrics=False)
-            except BaseException as exc:
-                self.error = exc
-
-        self.thread = threading.Thread(target=run, daemon=True)
-
-    def __enter__(self) -> MinerThread:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=60)
-        assert not self.thread.is_alive(), "miner did not stop within 60 s"
-        if self.error is not None:
-            raise self.error
+        super().__init__(settings, engines if engines is not None else fake_holder())
 
 
 def settings_for(kafka: KafkaBroker, topics: dict[str, str], tmp_path: Path, group: str, **extra: str) -> Settings:

@@ -62,7 +62,9 @@ def test_omega_ignores_member_order(k: int, n: int, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(k, n, generator=g, dtype=torch.float64)
     perm = torch.randperm(k, generator=g)
-    assert kl_omega(w[perm], 0.0, 0.5).item() == pytest.approx(kl_omega(w, 0.0, 0.5).item(), rel=1e-12)
+    # Permuting members reorders the float64 sums behind the mean and variance: equal up to rounding
+    # (hypothesis found a 1.06e-12 relative difference where near-equal members make Omega ~1e8).
+    assert kl_omega(w[perm], 0.0, 0.5).item() == pytest.approx(kl_omega(w, 0.0, 0.5).item(), rel=1e-9)
 
 
 def test_one_member_is_refused() -> None:

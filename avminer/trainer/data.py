@@ -10,7 +10,6 @@ so evaluation and gates can report per condition.
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from avminer.datasets.camvid import CamvidRow, decode_image, read_layout
 from avminer.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -91,48 +91,9 @@ class LabeledFrames:
         )
 
 
-@dataclass(frozen=True)
-class CamvidRow:
-    """One row of a CamVid-layout ``manifest.csv``."""
-
-    frame_id: str
-    split: str
-    sequence: str
-    time_of_day: str
-    location: str
-    image_path: Path
-    label_path: Path
-
-    @property
-    def slice_key(self) -> str:
-        return f"{self.time_of_day}/{DEFAULT_WEATHER}/{self.location}"
-
-
-def read_manifest(root: str | Path) -> list[CamvidRow]:
-    """Rows of ``<root>/manifest.csv`` (columns frame_id, split, sequence, frame_index, time_of_day,
-    location, image, label; paths relative to ``root``).
-
-    Raises:
-        DatasetError: no manifest, or a column is missing.
-    """
-    base = Path(root)
-    path = base / "manifest.csv"
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read the manifest ({exc.strerror}); is {base} a CamVid-layout dir?") from exc
-    reader = csv.DictReader(io.StringIO(text))
-    need = {"frame_id", "split", "sequence", "time_of_day", "location", "image", "label"}
-    missing = need - set(reader.fieldnames or [])
-    if missing:
-        raise DatasetError(f"{path}: manifest lacks columns {sorted(missing)}")
-    return [
-        CamvidRow(
-            r["frame_id"], r["split"], r["sequence"], r["time_of_day"], r["location"],
-            base / r["image"], base / r["label"],
-        )
-        for r in reader
-    ]
+def row_slice_key(row: CamvidRow) -> str:
+    """Slice key ``time_of_day/weather/region`` of a CamVid row (CamVid frames are all clear weather)."""
+    return f"{row.time_of_day}/{DEFAULT_WEATHER}/{row.location}"
 
 
 def _resize_pair(image: Image.Image, label: Image.Image, size: tuple[int, int]) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
@@ -143,11 +104,8 @@ def _resize_pair(image: Image.Image, label: Image.Image, size: tuple[int, int]) 
 
 
 def _decode_image(data: bytes) -> Image.Image:
-    if data[:2] == b"\xff\xd8":
-        import simplejpeg
-
-        return Image.fromarray(simplejpeg.decode_jpeg(data, colorspace="RGB"))
-    return Image.open(io.BytesIO(data))
+    """JPEG (simplejpeg) or PNG bytes as an RGB PIL image, via :func:`avminer.datasets.camvid.decode_image`."""
+    return Image.fromarray(decode_image(data))
 
 
 def load_camvid(
@@ -173,7 +131,7 @@ def load_camvid(
         DatasetError: unreadable manifest, images or labels, or nothing left after filtering.
     """
     rows = [
-        r for r in read_manifest(root)
+        r for r in read_layout(root)
         if (splits is None or r.split in splits)
         and (sequences is None or r.sequence in sequences)
         and (time_of_day is None or r.time_of_day in time_of_day)
@@ -198,7 +156,7 @@ def load_camvid(
         except (OSError, ValueError) as exc:
             raise DatasetError(f"{row.frame_id}: cannot load {row.image_path} / {row.label_path}: {exc}") from exc
     return LabeledFrames(
-        images, labels, [r.frame_id for r in rows], [r.slice_key for r in rows], [r.sequence for r in rows]
+        images, labels, [r.frame_id for r in rows], [row_slice_key(r) for r in rows], [r.sequence for r in rows]
     )
 
 

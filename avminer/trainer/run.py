@@ -12,10 +12,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from avminer.datasets.camvid import read_layout
 from avminer.errors import TrainerError
 from avminer.models.arch import erfnet_arch
 from avminer.models.ensemble import Ensemble, build_ensemble
-from avminer.trainer.data import LabeledFrames, load_camvid, read_manifest
+from avminer.trainer.data import LabeledFrames, load_camvid
 from avminer.trainer.release import (
     CAMVID_CLASSES,
     bundle_dir_size,
@@ -64,7 +65,7 @@ def load_camvid_splits(spec: RunSpec) -> tuple[LabeledFrames, LabeledFrames]:
     ``train_sequences`` if given). Held out: every ``val`` row plus, with ``day_only``, every non-day row
     (so the report shows what a day-only model does at dusk).
     """
-    rows = read_manifest(spec.data_dir)
+    rows = read_layout(spec.data_dir)
     tods = ["day"] if spec.day_only else None
     train = load_camvid(
         spec.data_dir, spec.input_hw, splits=["train"], time_of_day=tods, sequences=spec.train_sequences,
@@ -85,7 +86,7 @@ def load_camvid_splits(spec: RunSpec) -> tuple[LabeledFrames, LabeledFrames]:
 
 def load_holdout(data_dir: Path, input_hw: tuple[int, int], holdout_non_day: bool = True) -> LabeledFrames:
     """Held-out rows of a CamVid-layout directory: non-``train`` splits, plus non-day rows if asked."""
-    rows = read_manifest(data_dir)
+    rows = read_layout(data_dir)
     parts = []
     other_splits = sorted({r.split for r in rows if r.split != "train"})
     if other_splits:

@@ -19,7 +19,7 @@ histograms of :mod:`avminer.metrics` (pass ``export_metrics=False`` to keep them
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -50,15 +50,25 @@ class FrameScore:
         scores: :data:`SCORE_KEYS` -> value.
         embedding: ``[D]`` float32 feature vector for near-duplicate checks; standardised and centred on
             the reference's pooled mean when a reference exists, so cosine similarity is meaningful.
-        prediction: ``[H, W]`` uint8 class ids (argmax of the mean probabilities).
         uncertainty_map: ``[H/s, W/s]`` float32 per-pixel mutual information (nats), s = ``map_stride``.
+        member_probs: ``[K, C, H, W]`` the frame's member probabilities (a view into the engine's batch).
+        prediction: ``[H, W]`` uint8 class ids (argmax of the mean probabilities), computed on first use:
+            at full resolution it costs as much as all the strided uncertainty maps together, and only
+            radar-joined and mined frames need it.
     """
 
     slice: str
     scores: dict[str, float]
     embedding: np.ndarray
-    prediction: np.ndarray
     uncertainty_map: np.ndarray
+    member_probs: np.ndarray = field(repr=False)
+    _prediction: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def prediction(self) -> np.ndarray:
+        if self._prediction is None:
+            self._prediction = mean_prediction(self.member_probs[:, None])[0]
+        return self._prediction
 
 
 class Scorer:
@@ -134,13 +144,12 @@ class Scorer:
             raise ScoringError(f"probs have {probs.shape[2]} classes, the bundle names {len(self.classes)}")
         s = self.settings
         slices = [str(tag(f.conditions, images[i], f.gps, s)) for i, f in enumerate(frames)]
-        pred = mean_prediction(probs)  # [N, H, W] at full resolution (radar, pre-annotations)
         # Uncertainty maps on a strided grid: per-pixel measures dominate scoring's cost, and frame-level
         # pooling (mean, top-k, grid max) is insensitive to skipping every other row and column.
         step = s.map_stride
         sub = np.ascontiguousarray(probs[..., ::step, ::step]) if step > 1 else probs  # [K, N, C, H/s, W/s]
         maps = uncertainty_maps(sub, MEASURES)  # name -> [N, H/s, W/s]
-        pred_sub = pred[:, ::step, ::step] if step > 1 else pred
+        pred_sub = mean_prediction(sub)  # [N, H/s, W/s] for the rare-class weights
 
         def pool(name: str, weights: np.ndarray | None = None) -> np.ndarray:
             return aggregate(maps[name], s.aggregation, s.topk_fraction, s.grid, weights)
@@ -152,26 +161,24 @@ class Scorer:
             pooled["shift"] = self.reference.mahalanobis(feats, slices)
         else:
             pooled["shift"] = np.zeros(n, dtype=np.float32)
-        h, w = pred.shape[1:]
-        radar_scores = []
-        for i, scan in enumerate(radar):
-            gps = frames[i].gps
-            radar_scores.append(radar_disagreement(
-                pred[i], scan.detections if scan else None, (frames[i].width or w, frames[i].height or h),
-                self.camera, self.classes, ego_speed_mps=gps.speed_mps if gps is not None else 0.0,
-            ))
-        pooled["radar"] = np.array(radar_scores, dtype=np.float32)
+        h, w = probs.shape[3:]
         embeddings = self.embed(feats)
         out = [
             FrameScore(
                 slice=slices[i],
-                scores={k: float(pooled[k][i]) for k in SCORE_KEYS},
+                scores={k: float(pooled[k][i]) for k in SCORE_KEYS if k != "radar"},
                 embedding=embeddings[i],
-                prediction=pred[i],
                 uncertainty_map=maps["mi"][i],
+                member_probs=probs[:, i],
             )
             for i in range(n)
         ]
+        for fs, frame, scan in zip(out, frames, radar, strict=True):
+            gps = frame.gps
+            fs.scores["radar"] = 0.0 if scan is None else radar_disagreement(
+                fs.prediction, scan.detections, (frame.width or w, frame.height or h),
+                self.camera, self.classes, ego_speed_mps=gps.speed_mps if gps is not None else 0.0,
+            )
         if self.reference is not None:
             for key in sorted(set(slices)):
                 self.drift.update(key, [fs.scores["shift"] for fs in out if fs.slice == key])

@@ -13,6 +13,7 @@ the tests use it to get long streams from the small sample drive.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 
@@ -99,6 +100,8 @@ class DriveLogSource:
             if self._on_assigned is not None:
                 self._on_assigned(self.assignment())
         if self._paused or self._exhausted:
+            # Nothing to hand out: wait like a consumer poll does, so a caller's loop does not spin.
+            time.sleep(max(0.0, timeout_s))
             return []
         out: list[SourceMessage] = []
         for rec in self._records:

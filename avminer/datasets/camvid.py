@@ -68,9 +68,10 @@ from avminer.events.drivelog import DriveLogWriter, GroundTruthWriter, ground_tr
 from avminer.events.records import CameraFrame, Conditions, GpsFix, RadarDetection, RadarScan
 
 FPS = 30.0
-CAMVID_CLASSES = [
+CAMVID_CLASSES: tuple[str, ...] = (
     "sky", "building", "pole", "road", "sidewalk", "tree", "sign_symbol", "fence", "car", "pedestrian", "bicyclist",
-]
+)
+"""The CamVid 11-class set by id (the starter bundle's classes); id 11 (:data:`CAMVID_VOID`) is void."""
 CAMVID_VOID = 11
 REQUIRED_COLUMNS = ("image", "label", "sequence", "time_of_day")
 CAMBRIDGE_UK = (52.2053, 0.1218)

@@ -13,14 +13,12 @@ import io
 import numpy as np
 from numpy.typing import NDArray
 
+from avminer.datasets.camvid import CAMVID_CLASSES, CAMVID_VOID
 from avminer.errors import LabelError
 
-CLASS_NAMES: tuple[str, ...] = (
-    "sky", "building", "pole", "road", "sidewalk", "tree", "sign_symbol", "fence", "car", "pedestrian",
-    "bicyclist",
-)
+CLASS_NAMES: tuple[str, ...] = CAMVID_CLASSES
 NUM_CLASSES = len(CLASS_NAMES)
-VOID = 11
+VOID = CAMVID_VOID
 
 # Reasons a label result is refused (dead-letter ``reason`` header).
 REASONS = (

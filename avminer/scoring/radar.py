@@ -30,16 +30,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from avminer.datasets.camvid import CAMVID_CLASSES
 from avminer.errors import ScoringError
 from avminer.events.records import RadarDetection
 
 OBJECT_CLASSES = ("car", "pedestrian", "bicyclist")
 """Classes radar is expected to see (moving or not)."""
 
-CAMVID_CLASSES = (
-    "sky", "building", "pole", "road", "sidewalk", "tree", "sign_symbol", "fence", "car", "pedestrian", "bicyclist",
-)
-"""Class names by id when the caller gives none (the CamVid 11-class set of the starter bundle)."""
 
 
 @dataclass(frozen=True)

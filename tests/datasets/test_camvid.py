@@ -62,7 +62,7 @@ def test_read_layout(layout: Path) -> None:
     assert rows[0].image_path == layout / "train" / "SEQA_000030.jpg" and rows[3].time_of_day == "dusk"
     assert camvid.load_image(rows[0].image_path).shape == (H, W, 3)
     assert camvid.load_label(rows[0].label_path).shape == (H, W)
-    assert camvid.read_classes(layout) == (camvid.CAMVID_CLASSES, 11)
+    assert camvid.read_classes(layout) == (list(camvid.CAMVID_CLASSES), 11)
 
 
 def test_minimal_manifest_columns(tmp_path: Path, layout: Path) -> None:

@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 
+from avminer.datasets.camvid import CAMVID_CLASSES
 from avminer.errors import ScoringError
 from avminer.events.records import RadarDetection
-from avminer.scoring.radar import CAMVID_CLASSES, CameraModel, project, radar_disagreement
+from avminer.scoring.radar import CameraModel, project, radar_disagreement
 
 ROAD, CAR = CAMVID_CLASSES.index("road"), CAMVID_CLASSES.index("car")
 W, H = 240, 176

@@ -7,9 +7,9 @@ import pytest
 
 from avminer import metrics
 from avminer.config import ScoringSettings
+from avminer.datasets.camvid import CAMVID_CLASSES
 from avminer.errors import ScoringError
 from avminer.events.records import CameraFrame, Conditions, RadarDetection, RadarScan
-from avminer.scoring.radar import CAMVID_CLASSES
 from avminer.scoring.scorer import SCORE_KEYS, Scorer
 from avminer.scoring.shift import ShiftReference
 

@@ -3,7 +3,8 @@
     avminer train run --data DIR --out BUNDLE_DIR [--day-only] [--epochs N] [--width W] [--size HxW]
     avminer train gate --candidate BUNDLE [--production BUNDLE] --data DIR [--margin M]
     avminer train release BUNDLE [--production BUNDLE --data DIR] [--dataset-id ID]
-    avminer train serve [--data DIR]        (also: avminer train --serve)
+    avminer train serve [--data DIR] [--threads N]        (also: avminer train --serve)
+    avminer train report --data DIR [--quick] [--methods ...]   (also: avminer train-report)
 
 Defaults come from the ``trainer`` settings section; flags override them. ``gate`` exits with status 3
 when a slice regressed beyond the margin; ``release`` refuses (status 2) without uploading anything.
@@ -75,11 +76,20 @@ def register(sub: Any) -> None:
     rel.add_argument("--margin", type=float, help="allowed mIoU drop per slice (default trainer.gate_margin)")
     rel.add_argument("--dataset-id", help="dataset version the model was trained on")
     rel.add_argument("--notes", default="", help="free text carried by the release")
+    rel.add_argument("--no-plans", action="store_true",
+                     help="build no TensorRT plan even on a GPU machine (default: build one where CUDA and "
+                          "tensorrt are available, record the skip elsewhere)")
     rel.set_defaults(train_func=_release)
 
     serve = tsub.add_parser("serve", help="follow label results and retrain (service mode)")
     serve.add_argument("--data", type=Path, metavar="DIR", help="base CamVid-layout training data")
+    serve.add_argument("--threads", type=int, default=0,
+                       help="torch CPU threads for training (0: all cores; 1 on a shared machine)")
     serve.set_defaults(train_func=_serve)
+
+    from avminer.cli import train_report
+
+    train_report.add_arguments(tsub.add_parser("report", **train_report.PARSER_TEXT))  # type: ignore[arg-type]
 
     parser.set_defaults(func=_dispatch, _parser=parser)
 
@@ -90,6 +100,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return int(action(args))
     if args.serve:
         args.data = getattr(args, "data", None)
+        args.threads = getattr(args, "threads", 0)
         return _serve(args)
     args._parser.print_help()
     return 2
@@ -118,6 +129,8 @@ def _run(args: argparse.Namespace) -> int:
         ),
     )
     out = run_camvid(spec)
+    if out.bundle_path is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return 0
     summary = {
         "bundle": str(out.bundle_path), "bundle_bytes": out.bundle_bytes,
         "seconds_per_epoch": round(out.seconds_per_epoch, 2), "seconds_total": round(out.seconds_total, 1),
@@ -154,7 +167,8 @@ def _release(args: argparse.Namespace) -> int:
         margin = args.margin if args.margin is not None else settings.trainer.gate_margin
         report = gate_bundles(args.bundle, args.production, args.data, margin)  # raises GateRefusedError
         print(report.table())
-    record = release(args.bundle, settings, gate_report=report, dataset_id=args.dataset_id, notes=args.notes)
+    record = release(args.bundle, settings, gate_report=report, dataset_id=args.dataset_id, notes=args.notes,
+                     plans=not args.no_plans)
     print(json.dumps({"version": record.version, "bundle_uri": record.bundle_uri,
                       "manifest_sha256": record.manifest_sha256, "topic": settings.topics.releases}))
     return 0
@@ -164,4 +178,4 @@ def _serve(args: argparse.Namespace) -> int:
     from avminer.config import load_settings
     from avminer.trainer.service import serve
 
-    return int(serve(load_settings(args.config), base_data=args.data))
+    return int(serve(load_settings(args.config), base_data=args.data, threads=args.threads))

@@ -1,4 +1,5 @@
-"""``avminer train-report --data DIR``: baseline vs pruned vs low-rank vs ExpandNets, in one table."""
+"""``avminer train report --data DIR`` (alias ``avminer train-report``): baseline vs pruned vs low-rank vs
+ExpandNets, in one table."""
 
 from __future__ import annotations
 
@@ -7,19 +8,25 @@ import json
 from pathlib import Path
 from typing import Any
 
+PARSER_TEXT = {
+    "help": "train a baseline member and each compression method's variant; print params, MACs, latency, mIoU",
+    "description": (
+        "Trains one ERFNet member per method from the same seed on the CamVid day training frames, "
+        "compresses it (sparse-group-lasso pruning, nuclear-norm low-rank split, ExpandNets contraction) "
+        "and prints one table: params, GMAC per frame, CPU latency (torch and ONNX Runtime, batch 1), "
+        "mIoU on held-out day (val) and dusk frames. Defaults are the full setting (trainer width and "
+        "input size from the settings, 30 epochs: hours on two cores); --quick finishes in minutes."
+    ),
+}
+
 
 def register(sub: Any) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        "train-report",
-        help="train a baseline member and each compression method's variant; print params, MACs, latency, mIoU",
-        description=(
-            "Trains one ERFNet member per method from the same seed on the CamVid day training frames, "
-            "compresses it (sparse-group-lasso pruning, nuclear-norm low-rank split, ExpandNets contraction) "
-            "and prints one table: params, GMAC per frame, CPU latency (torch and ONNX Runtime, batch 1), "
-            "mIoU on held-out day (val) and dusk frames. Defaults are the full setting (trainer width and "
-            "input size from the settings, 30 epochs: hours on two cores); --quick finishes in minutes."
-        ),
-    )
+    """``avminer train-report`` (kept as an alias of ``avminer train report``, registered by ``cli.train``)."""
+    add_arguments(sub.add_parser("train-report", **PARSER_TEXT))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The report's options, shared by ``avminer train report`` and ``avminer train-report``."""
     parser.add_argument("--data", required=True, metavar="DIR", help="CamVid-layout folder holding manifest.csv")
     parser.add_argument("--quick", action="store_true",
                         help="width 0.25, 88x120, every 2nd training frame, 12 epochs at lr 5e-3 (minutes)")
@@ -35,7 +42,7 @@ def register(sub: Any) -> None:
                         help="where the per-layer plots go (default ./train-report)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--progress", action="store_true", help="progress bars while training")
-    parser.set_defaults(func=_run)
+    parser.set_defaults(func=_run, train_func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -28,8 +28,9 @@ Block dicts (channel names are output channels of the named convolution):
 
 ``convs`` keys are module paths inside one member (``member.named_modules()`` names); values:
 ``{"rank": r}`` — a k×k conv split into k×k (in->r, no bias) then 1×1 (r->out) (low-rank / SVD), or
-``{"expand": r}`` — ExpandNets: 1×1 (in->r·in) then k×k (r·in->r·out) then 1×1 (r·out->out), only the last
-with a bias, so the three contract exactly into one k×k conv. Transposed convs take no overrides.
+``{"expand": r}`` — ExpandNets (:class:`avminer.models.erfnet.ExpandedConv`): the input padded once, then
+1×1 (in->r·in), k×k (r·in->r·out, valid), 1×1 (r·out->out), every layer biased, so the chain contracts
+exactly into one k×k conv (:func:`avminer.trainer.expandnet.contract`). Transposed convs take no overrides.
 """
 
 from __future__ import annotations

@@ -15,10 +15,12 @@ ConvTranspose, BatchNormalization (folded on export), Relu, MaxPool, Concat, Add
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
-from typing import Any
+from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avminer.errors import TrainerError
@@ -42,22 +44,91 @@ class LowRankConv2d(nn.Sequential):
         super().__init__(OrderedDict(first=first, second=second))
 
 
-class ExpandedConv2d(nn.Sequential):
-    """ExpandNets' expansion of a k×k conv: 1×1 (in -> r·in), k×k (r·in -> r·out), 1×1 (r·out -> out).
+_PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
 
-    Only the last layer has a bias, so zero padding of the k×k layer sees the same zeros the compact conv
-    would see and the three contract exactly into one k×k conv (Guo, Alvarez, Salzmann, "ExpandNets:
-    Linear Over-parameterization to Train Compact Convolutional Networks", NeurIPS 2020).
+
+def as_pair(v: Any) -> tuple[int, int]:
+    """``3`` or ``(3, 1)`` as ``(h, w)`` (torch conv attributes come both ways)."""
+    return (int(v[0]), int(v[1])) if isinstance(v, tuple | list) else (int(v), int(v))
+
+
+def stack_kernels(kh: int, kw: int, large: int = 5) -> list[tuple[int, int]]:
+    """Kernel sizes of the spatial layers that replace a ``kh×kw`` kernel in :class:`ExpandedConv`.
+
+    Kernels with a side ``>= large`` become a stack of at most 3×3 kernels with the same receptive
+    field (``1 + Σ(k_i - 1) = k`` on each axis): 5×5 -> two 3×3, 7×1 -> three 3×1, 6×6 -> 3×3, 3×3, 2×2.
+    """
+    if max(kh, kw) < large:
+        return [(kh, kw)]
+    layers = math.ceil((max(kh, kw) - 1) / 2)
+    sizes = []
+    left_h, left_w = kh - 1, kw - 1
+    for _ in range(layers):
+        step_h, step_w = min(2, left_h), min(2, left_w)
+        sizes.append((step_h + 1, step_w + 1))
+        left_h, left_w = left_h - step_h, left_w - step_w
+    return sizes
+
+
+class ExpandedConv(nn.Module):
+    """ExpandNets' linear expansion of a ``kh×kw`` conv at rate ``r``: pad once, 1×1, spatial stack, 1×1.
+
+    Guo, Alvarez, Salzmann, "ExpandNets: Linear Over-parameterization to Train Compact Convolutional
+    Networks", NeurIPS 2020. The chain is ``1×1 (I -> r·I)``, the spatial layers (``kh×kw``, ``r·I -> r·O``;
+    a kernel with a side >= ``large_kernel`` becomes a stack of 3×3-or-smaller layers, :func:`stack_kernels`),
+    then ``1×1 (r·O -> O)``, with no nonlinearity in between, every layer biased when the conv is.
+
+    The input is padded once, with the conv's own padding and padding mode, and every layer of the chain
+    is a valid (unpadded) convolution: that is exactly what the one contracted conv computes, biases and
+    border pixels included (padding the inner k×k layer instead would show it zeros where the compact conv
+    sees the first 1×1's bias). Stride sits on the last spatial layer, dilation on every spatial layer.
+    :func:`avminer.trainer.expandnet.contract` folds the chain into that conv.
+
+    Attributes:
+        pad: ``(left, right, top, bottom)`` applied once to the input, with ``pad_mode``.
+        expand: 1×1 ``I -> r·I``.
+        cores: spatial layers (valid, dilated; the last one strided).
+        project: 1×1 ``r·O -> O``.
     """
 
-    def __init__(self, conv: nn.Conv2d, rate: int) -> None:
+    def __init__(self, conv: nn.Conv2d, rate: int = 4, large_kernel: int = 5) -> None:
+        super().__init__()
+        if conv.groups != 1 or isinstance(conv.padding, str):
+            raise TrainerError("ExpandNets expands plain convs (groups=1, numeric padding)")
+        if rate < 1:
+            raise TrainerError(f"expansion rate must be >= 1, got {rate}")
         cin, cout = conv.in_channels, conv.out_channels
-        expand = nn.Conv2d(cin, rate * cin, 1, bias=False)
-        core = nn.Conv2d(
-            rate * cin, rate * cout, conv.kernel_size, conv.stride, conv.padding, conv.dilation, bias=False  # type: ignore[arg-type]
+        ph, pw = as_pair(conv.padding)
+        self.pad = (pw, pw, ph, ph)
+        self.pad_mode = _PAD_MODES[conv.padding_mode]
+        sizes = stack_kernels(*as_pair(conv.kernel_size), large=large_kernel)
+        bias = conv.bias is not None
+        self.expand = nn.Conv2d(cin, rate * cin, 1, bias=bias)
+        widths = [rate * cin] * len(sizes) + [rate * cout]
+        self.cores = nn.ModuleList(
+            nn.Conv2d(
+                widths[j], widths[j + 1], sizes[j], stride=conv.stride if j == len(sizes) - 1 else 1,  # type: ignore[arg-type]
+                dilation=conv.dilation, bias=bias,  # type: ignore[arg-type]
+            )
+            for j in range(len(sizes))
         )
-        project = nn.Conv2d(rate * cout, cout, 1, bias=conv.bias is not None)
-        super().__init__(OrderedDict(expand=expand, core=core, project=project))
+        self.project = nn.Conv2d(rate * cout, cout, 1, bias=bias)
+
+    @property
+    def padding_mode(self) -> str:
+        """The torch ``padding_mode`` name of ``pad_mode`` (what the contracted conv is built with)."""
+        return {v: k for k, v in _PAD_MODES.items()}[self.pad_mode]
+
+    def layers(self) -> list[nn.Conv2d]:
+        """The chain, input to output."""
+        return [self.expand, *cast(list[nn.Conv2d], list(self.cores)), self.project]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if any(self.pad):
+            x = F.pad(x, self.pad, mode=self.pad_mode)
+        for layer in self.layers():
+            x = layer(x)
+        return x
 
 
 def make_conv(
@@ -79,7 +150,7 @@ def make_conv(
     if "rank" in spec:
         return LowRankConv2d(conv, int(spec["rank"]))
     if "expand" in spec:
-        return ExpandedConv2d(conv, int(spec["expand"]))
+        return ExpandedConv(conv, int(spec["expand"]))
     raise TrainerError(f"arch convs[{path!r}]: unknown override {spec!r}")
 
 

@@ -21,15 +21,15 @@ on the input, with the conv's own padding and padding mode, and runs every layer
 border pixel; stride sits on the last spatial layer and dilation on every spatial layer (composition
 commutes with dilation and a strided last layer samples the composite at the strided positions).
 
-The arch's own ``{"expand": r}`` override (:class:`avminer.models.erfnet.ExpandedConv2d`) takes the other
-exact route, no bias before the last 1×1 so zero padding commutes; :func:`contract` handles both.
+:class:`ExpandedConv` lives in :mod:`avminer.models.erfnet`, so an arch can name it too
+(``arch["convs"][path] = {"expand": r}`` builds the same chain); :func:`expand_model` swaps it in for
+every conv of a built net, :func:`contract_ensemble` folds an ensemble back to its compact arch.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -38,77 +38,12 @@ from torch import Tensor, nn
 from avminer.errors import TrainerError
 from avminer.models.arch import validate_arch
 from avminer.models.ensemble import Ensemble
-from avminer.models.erfnet import ExpandedConv2d
+from avminer.models.erfnet import ExpandedConv, as_pair, stack_kernels
 
-_PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
-
-
-def stack_kernels(kh: int, kw: int, large: int = 5) -> list[tuple[int, int]]:
-    """Kernel sizes of the spatial layers replacing a ``kh×kw`` kernel.
-
-    Kernels with a side ``>= large`` become a stack of at most 3×3 kernels with the same receptive
-    field (``1 + Σ(k_i - 1) = k`` on each axis): 5×5 -> two 3×3, 7×1 -> three 3×1, 6×6 -> 3×3, 3×3, 2×2.
-    """
-    if max(kh, kw) < large:
-        return [(kh, kw)]
-    layers = math.ceil((max(kh, kw) - 1) / 2)
-    sizes = []
-    left_h, left_w = kh - 1, kw - 1
-    for _ in range(layers):
-        step_h, step_w = min(2, left_h), min(2, left_w)
-        sizes.append((step_h + 1, step_w + 1))
-        left_h, left_w = left_h - step_h, left_w - step_w
-    return sizes
-
-
-def _pair(v: Any) -> tuple[int, int]:
-    return (int(v[0]), int(v[1])) if isinstance(v, tuple | list) else (int(v), int(v))
-
-
-class ExpandedConv(nn.Module):
-    """A ``kh×kw`` conv expanded at rate ``r``: pad once, 1×1, spatial stack (valid), 1×1; all biased.
-
-    Attributes:
-        pad: ``(left, right, top, bottom)`` applied once to the input, with ``pad_mode``.
-        expand: 1×1 ``I -> r·I``.
-        cores: spatial layers (valid, dilated; the last one strided).
-        project: 1×1 ``r·O -> O``.
-    """
-
-    def __init__(self, conv: nn.Conv2d, rate: int = 4, large_kernel: int = 5) -> None:
-        super().__init__()
-        if conv.groups != 1 or isinstance(conv.padding, str):
-            raise TrainerError("ExpandNets expands plain convs (groups=1, numeric padding)")
-        if rate < 1:
-            raise TrainerError(f"expansion rate must be >= 1, got {rate}")
-        cin, cout = conv.in_channels, conv.out_channels
-        ph, pw = _pair(conv.padding)
-        self.pad = (pw, pw, ph, ph)
-        self.pad_mode = _PAD_MODES[conv.padding_mode]
-        kh, kw = _pair(conv.kernel_size)
-        sizes = stack_kernels(kh, kw, large_kernel)
-        bias = conv.bias is not None
-        self.expand = nn.Conv2d(cin, rate * cin, 1, bias=bias)
-        widths = [rate * cin] * len(sizes) + [rate * cout]
-        self.cores = nn.ModuleList(
-            nn.Conv2d(
-                widths[j], widths[j + 1], sizes[j], stride=conv.stride if j == len(sizes) - 1 else 1,  # type: ignore[arg-type]
-                dilation=conv.dilation, bias=bias,  # type: ignore[arg-type]
-            )
-            for j in range(len(sizes))
-        )
-        self.project = nn.Conv2d(rate * cout, cout, 1, bias=bias)
-
-    def layers(self) -> list[nn.Conv2d]:
-        """The chain, input to output."""
-        return [self.expand, *cast(list[nn.Conv2d], list(self.cores)), self.project]
-
-    def forward(self, x: Tensor) -> Tensor:
-        if any(self.pad):
-            x = F.pad(x, self.pad, mode=self.pad_mode)
-        for layer in self.layers():
-            x = layer(x)
-        return x
+__all__ = [
+    "ExpandedConv", "compose_chain", "contract", "contract_ensemble", "contract_model", "contraction_error",
+    "expand_model", "stack_kernels",
+]
 
 
 def _compose(
@@ -139,8 +74,8 @@ def compose_chain(layers: list[nn.Conv2d]) -> tuple[Tensor, Tensor, tuple[int, i
     Raises:
         TrainerError: the chain breaks those rules (or is padded, grouped).
     """
-    spatial = [j for j, layer in enumerate(layers) if _pair(layer.kernel_size) != (1, 1)]
-    dilations = {_pair(layers[j].dilation) for j in spatial} or {(1, 1)}
+    spatial = [j for j, layer in enumerate(layers) if as_pair(layer.kernel_size) != (1, 1)]
+    dilations = {as_pair(layers[j].dilation) for j in spatial} or {(1, 1)}
     if len(dilations) != 1:
         raise TrainerError(f"cannot contract convs with different dilations {sorted(dilations)}")
     stride = (1, 1)
@@ -149,34 +84,24 @@ def compose_chain(layers: list[nn.Conv2d]) -> tuple[Tensor, Tensor, tuple[int, i
     weight[:, :, 0, 0] = torch.eye(first.in_channels, dtype=torch.float64)
     bias = torch.zeros(first.in_channels, dtype=torch.float64)
     for j, layer in enumerate(layers):
-        if layer.groups != 1 or any(_pair(layer.padding)):
+        if layer.groups != 1 or any(as_pair(layer.padding)):
             raise TrainerError("contract: chain layers must be ungrouped and unpadded (pad once, on the input)")
-        if _pair(layer.stride) != (1, 1):
+        if as_pair(layer.stride) != (1, 1):
             if stride != (1, 1) or any(k > j for k in spatial):
                 raise TrainerError("contract: only one layer may stride, and only 1×1 layers may follow it")
-            stride = _pair(layer.stride)
+            stride = as_pair(layer.stride)
         layer_b = layer.bias.detach().double() if layer.bias is not None else None
         weight, bias = _compose(weight, bias, layer.weight.detach().double(), layer_b)
     return weight, bias, stride, dilations.pop()
 
 
 def contract(module: nn.Module) -> nn.Conv2d:
-    """The compact conv an :class:`ExpandedConv` (or the arch's ``ExpandedConv2d``) computes, exactly."""
-    if isinstance(module, ExpandedConv):
-        layers = module.layers()
-        pw, _, ph, _ = module.pad
-        padding, mode = (ph, pw), {v: k for k, v in _PAD_MODES.items()}[module.pad_mode]
-    elif isinstance(module, ExpandedConv2d):
-        expand, core, project = (cast(nn.Conv2d, m) for m in module)
-        if expand.bias is not None or core.bias is not None:
-            raise TrainerError("ExpandedConv2d with biases before its last layer cannot contract exactly")
-        # Zero padding commutes with the bias-free 1×1: pad the input instead of the k×k layer's input.
-        padding, mode = _pair(core.padding), core.padding_mode
-        core = copy.copy(core)
-        core.padding = (0, 0)
-        layers = [expand, core, project]
-    else:
+    """The compact conv an :class:`ExpandedConv` computes, exactly (float64 algebra, cast back)."""
+    if not isinstance(module, ExpandedConv):
         raise TrainerError(f"contract: {type(module).__name__} is not an expanded conv")
+    layers = module.layers()
+    pw, _, ph, _ = module.pad
+    padding, mode = (ph, pw), module.padding_mode
     weight, bias, stride, dilation = compose_chain(layers)
     dtype = layers[-1].weight.dtype
     out = nn.Conv2d(
@@ -208,7 +133,7 @@ def expand_model(
     """
     names = [
         name for name, m in model.named_modules()
-        if type(m) is nn.Conv2d and m.groups == 1 and _pair(m.kernel_size) != (1, 1)
+        if type(m) is nn.Conv2d and m.groups == 1 and as_pair(m.kernel_size) != (1, 1)
     ]
     for name in names:
         conv = model.get_submodule(name)
@@ -225,7 +150,7 @@ def expand_model(
 
 def contract_model(model: nn.Module) -> list[str]:
     """Replace, in place, every expanded conv by its exact compact conv; returns the paths contracted."""
-    names = [name for name, m in model.named_modules() if isinstance(m, ExpandedConv | ExpandedConv2d)]
+    names = [name for name, m in model.named_modules() if isinstance(m, ExpandedConv)]
     for name in names:
         _replace(model, name, contract(model.get_submodule(name)))
     return names

@@ -1,9 +1,19 @@
 """Per-condition release gates: a candidate may not regress on any slice beyond a margin.
 
-Both models are evaluated on the same held-out labeled frames, per slice key
-(``time_of_day/weather/region``, plus ``"all"``). A slice fails when the candidate's mIoU is more than
-``margin`` (absolute mIoU points, e.g. 0.02) below production's. A slice production was scored on but the
-candidate was not counts as a failure too: a gate that cannot compare must not pass silently.
+Both models are evaluated on the same held-out labeled frames, per gate slice (:func:`gate_groups`):
+
+- one slice per time of day (``day``, ``dusk``, ...), from the frames' slice keys
+  ``time_of_day/weather/region``;
+- ``fog``: fogged copies of the held-out ``day`` frames, made by the dataset tool's own fog model
+  (:func:`avminer.datasets.camvid.apply_fog`, the one behind ``avminer dataset camvid --fog``) at a fixed
+  density, ``beta`` = :data:`FOG_BETA` (0.02 1/m, ~150 m visibility), so the copies are the same for every
+  model and every run; frames whose weather already is ``fog`` count too;
+- ``region:<name>`` per region the frames name (``unknown`` is left out);
+- ``all``: every held-out frame as it is (the fog copies excluded).
+
+A slice fails when the candidate's mIoU is more than ``margin`` (absolute mIoU points, e.g. 0.02) below
+production's. A slice production was scored on but the candidate was not counts as a failure too: a gate
+that cannot compare must not pass silently.
 """
 
 from __future__ import annotations
@@ -16,6 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from avminer.errors import GateRefusedError
+
+FOG_BETA = 0.02  # 1/m: Foggy Cityscapes' densest setting, ~150 m visibility
+FOG = "fog"
+ALL = "all"
 
 if TYPE_CHECKING:
     from avminer.models.ensemble import Ensemble
@@ -113,6 +127,67 @@ def enforce(report: GateReport) -> GateReport:
     raise err
 
 
+def fog_copies(frames: LabeledFrames, beta: float = FOG_BETA) -> LabeledFrames:
+    """Fogged copies of ``frames`` (labels unchanged): :func:`avminer.datasets.camvid.apply_fog` at ``beta``.
+
+    Deterministic: the depth comes from the camera model and the frame's labels, the airlight from the
+    frame itself. Frame ids get a ``+fog<beta>`` suffix, slice keys the weather ``fog``.
+    """
+    import numpy as np
+
+    from avminer.datasets.camvid import apply_fog
+    from avminer.trainer.data import LabeledFrames
+
+    images = np.stack([apply_fog(img, beta, label=lab) for img, lab in zip(frames.images, frames.labels, strict=True)])
+    slices = []
+    for key in frames.slices:
+        tod, _, rest = key.partition("/")
+        slices.append(f"{tod}/{FOG}/{rest.partition('/')[2] or 'unknown'}")
+    return LabeledFrames(images, frames.labels.copy(), [f"{f}+fog{beta:g}" for f in frames.frame_ids], slices,
+                         list(frames.sequences))
+
+
+def gate_groups(frames: LabeledFrames, fog_beta: float | None = FOG_BETA) -> tuple[LabeledFrames, list[list[str]]]:
+    """The frames every model is gated on and, per frame, the gate slices it counts towards.
+
+    Returns:
+        (the held-out frames followed by the fogged copies of their ``day`` frames, one key list per
+        frame); ``fog_beta`` None: no fog copies.
+    """
+    from avminer.trainer.data import LabeledFrames
+
+    groups: list[list[str]] = []
+    for key in frames.slices:
+        tod, weather, region = (key.split("/") + ["unknown", "unknown"])[:3]
+        keys = [ALL, tod] if tod and tod != "unknown" else [ALL]
+        if weather == FOG:
+            keys.append(FOG)
+        if region and region != "unknown":
+            keys.append(f"region:{region}")
+        groups.append(keys)
+    day = [i for i, key in enumerate(frames.slices) if key.split("/")[0] == "day" and key.split("/")[1:2] != [FOG]]
+    if fog_beta is None or not day:
+        return frames, groups
+    fogged = fog_copies(frames.subset(day), fog_beta)
+    return LabeledFrames.concat([frames, fogged]), groups + [[FOG] for _ in day]
+
+
+def gate_metrics(
+    model: Ensemble, frames: LabeledFrames, fog_beta: float | None = FOG_BETA, batch_size: int = 16,
+    prepared: tuple[LabeledFrames, list[list[str]]] | None = None,
+) -> dict[str, SliceMetrics]:
+    """mIoU (and the rest of :class:`SliceMetrics`) per gate slice (see the module docstring).
+
+    Args:
+        prepared: :func:`gate_groups` of ``frames`` already computed (two models gated on the same frames
+            share the fog copies).
+    """
+    from avminer.trainer.train import evaluate
+
+    gated, groups = prepared if prepared is not None else gate_groups(frames, fog_beta)
+    return evaluate(model, gated, batch_size, groups=groups)
+
+
 def gate_models(
     candidate: Ensemble,
     production: Ensemble | None,
@@ -120,12 +195,12 @@ def gate_models(
     margin: float,
     batch_size: int = 16,
     raise_on_failure: bool = True,
+    fog_beta: float | None = FOG_BETA,
 ) -> GateReport:
-    """Evaluate both models per slice on ``frames`` and compare; raise GateRefusedError on a regression."""
-    from avminer.trainer.train import evaluate
-
-    cand = evaluate(candidate, frames, batch_size)
-    prod = evaluate(production, frames, batch_size) if production is not None else None
+    """Evaluate both models per gate slice on ``frames`` and compare; raise GateRefusedError on a regression."""
+    prepared = gate_groups(frames, fog_beta)
+    cand = gate_metrics(candidate, frames, batch_size=batch_size, prepared=prepared)
+    prod = gate_metrics(production, frames, batch_size=batch_size, prepared=prepared) if production is not None else None
     report = compare(cand, prod, margin)
     return enforce(report) if raise_on_failure else report
 
@@ -137,24 +212,25 @@ def gate_bundles(
     margin: float,
     holdout_non_day: bool = True,
     raise_on_failure: bool = True,
+    fog_beta: float | None = FOG_BETA,
 ) -> GateReport:
     """Gate a candidate bundle against the production bundle on a CamVid-layout directory's held-out rows.
 
     Held out: every row whose split is not ``train`` and, with ``holdout_non_day`` (a day-only model),
-    every non-day row. Each model is evaluated at its own input size.
+    every non-day row; plus the fog copies of the held-out day rows. Each model is evaluated at its own
+    input size.
     """
     from avminer.engines.bundle import load_bundle
     from avminer.errors import TrainerError
     from avminer.models.ensemble import load_ensemble
     from avminer.trainer.run import load_holdout
-    from avminer.trainer.train import evaluate
 
     def scores(path: str | Path) -> dict[str, SliceMetrics]:
         bundle = load_bundle(path)
         if bundle.torch_path is None:
             raise TrainerError(f"{bundle.path}: gating needs the bundle's model.pt")
         frames = load_holdout(Path(data_dir), (bundle.input_height, bundle.input_width), holdout_non_day)
-        return evaluate(load_ensemble(bundle.torch_path), frames)
+        return gate_metrics(load_ensemble(bundle.torch_path), frames, fog_beta)
 
     report = compare(scores(candidate), scores(production) if production is not None else None, margin)
     return enforce(report) if raise_on_failure else report

@@ -1,15 +1,24 @@
-"""From a trained ensemble to a released model: reference statistics, bundle, parity, S3, ModelRelease.
+"""From a trained ensemble to a released model: reference statistics, bundle, parity, plans, S3, ModelRelease.
 
 The bundle itself is written by :func:`avminer.engines.export.export_bundle` (ONNX with all members and
 the feature head, ``model.pt``, ``reference_stats.npz``; it checks ONNX Runtime against torch). This module
 adds what the trainer knows: the shift reference fitted on the training frames per slice, the metrics
-per slice, what the model was trained on; and the release steps (upload, announce).
+per slice, what the model was trained on; and the release steps (TensorRT plans, upload, announce).
+
+TensorRT plans (:func:`build_tensorrt_plans`): where the releasing machine has a CUDA device and the
+``tensorrt`` package imports, the release builds this GPU's plan with the engine code's own
+:func:`avminer.engines.tensorrt_backend.build_plan` (``plans/<sm..-trt..>.plan`` plus its timing cache,
+listed with their sha256 under ``files`` and keyed under ``plans`` / ``plan_info`` in the manifest, as
+the TensorRT engine reads them) and checks it against ONNX Runtime before anything is uploaded. Elsewhere
+it builds nothing and says why; miners with another GPU build their own (``avminer engine build``).
+Either way the manifest's ``plan_build`` records what happened.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +33,7 @@ from avminer.trainer.train import SliceMetrics, extract_features
 
 log = logging.getLogger(__name__)
 
+MIN_REFERENCE_FRAMES = 5  # ShiftReference.fit's smallest slice with a Gaussian of its own, pooled one included
 CAMVID_CLASSES = [
     "sky", "building", "pole", "road", "sidewalk", "tree", "sign_symbol", "fence", "car", "pedestrian", "bicyclist",
 ]
@@ -34,6 +44,9 @@ def fit_reference(model: Ensemble, frames: LabeledFrames, batch_size: int = 16) 
     (plus the pooled reference, which ``fit`` adds)."""
     from avminer.scoring.shift import ShiftReference
 
+    if len(frames) < MIN_REFERENCE_FRAMES:
+        raise TrainerError(f"the shift reference needs at least {MIN_REFERENCE_FRAMES} training frames, got "
+                           f"{len(frames)}; train on more labels (or base data)")
     feats = extract_features(model, frames, batch_size)  # [N, D]
     by_slice: dict[str, np.ndarray] = {}
     for key in sorted(set(frames.slices)):
@@ -104,7 +117,66 @@ def require_input_multiple(input_hw: tuple[int, int], multiple: int = 8) -> None
         raise TrainerError(f"input size {h}x{w} must be a multiple of {multiple} in both dimensions")
 
 
-# -- release: upload and announce ---------------------------------------------------------------------
+# -- release: TensorRT plans, upload and announce -------------------------------------------------------
+
+
+def _set_manifest_fields(bundle: Any, fields: dict[str, Any]) -> Any:
+    """Replace top-level manifest fields (not ``files``: the checksums stay as they are); atomic."""
+    from avminer.engines.bundle import MANIFEST, load_bundle
+
+    manifest = {**bundle.manifest, **fields}
+    tmp = bundle.path / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    os.replace(tmp, bundle.path / MANIFEST)
+    return load_bundle(bundle.path)
+
+
+def plan_skip_reason() -> str | None:
+    """Why this machine cannot build TensorRT plans, or None when it can (a CUDA device and tensorrt)."""
+    from avminer.utils.imports import is_cuda_available, is_tensorrt_available
+
+    if not is_cuda_available():
+        return "no CUDA device here (torch.cuda.is_available() is False)"
+    if not is_tensorrt_available():
+        return "the tensorrt package does not import here (pip install 'avminer[gpu]')"
+    return None
+
+
+def build_tensorrt_plans(bundle_path: str | Path, fp16: bool = True) -> dict[str, Any]:
+    """Add this GPU's TensorRT plan to a bundle, or record why there is none; returns the record.
+
+    The record goes to the manifest as ``plan_build``: ``{"status": "built", "key", "precision",
+    "parity"}`` (TensorRT vs ONNX Runtime, :func:`avminer.engines.tensorrt_backend.check_tensorrt_parity`),
+    ``{"status": "present", "key"}`` when the bundle already has a plan for this GPU, or
+    ``{"status": "skipped", "reason"}``.
+
+    Raises:
+        EngineError: the build failed, or the plan disagrees with ONNX Runtime beyond its tolerance.
+    """
+    from avminer.engines.bundle import load_bundle
+
+    bundle = load_bundle(bundle_path)
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    reason = plan_skip_reason()
+    if reason is not None:
+        log.warning("release %s: TensorRT plans skipped: %s; GPU miners build their own (avminer engine build)",
+                    bundle.version, reason)
+        record: dict[str, Any] = {"status": "skipped", "reason": reason, "at": at}
+    else:
+        from avminer.engines.tensorrt_backend import build_plan, check_tensorrt_parity, current_key
+
+        key = str(current_key())
+        if key in bundle.manifest.get("plans", {}):
+            record = {"status": "present", "key": key, "at": at}
+        else:
+            bundle = build_plan(bundle, fp16=fp16)
+            parity = check_tensorrt_parity(bundle)
+            record = {"status": "built", "key": key, "precision": parity["precision"], "at": at,
+                      "parity": {k: v for k, v in parity.items() if isinstance(v, float)}}
+            log.info("release %s: TensorRT plan %s built (%s), parity %s", bundle.version, key,
+                     parity["precision"], record["parity"])
+    _set_manifest_fields(bundle, {"plan_build": record})
+    return record
 
 
 def upload_bundle(bundle_path: str | Path, s3_settings: Any, prefix: str = "releases", client: Any = None) -> str:
@@ -198,12 +270,18 @@ def release(
     notes: str = "",
     client: Any = None,
     producer: Any = None,
+    plans: bool = True,
+    plan_fp16: bool = True,
 ) -> ModelRelease:
-    """Check ORT parity, upload the bundle to S3 and announce it: the last steps of a gated release.
+    """Check ORT parity, build TensorRT plans where possible, upload the bundle to S3 and announce it.
+
+    The last steps of a gated release. ``plans``: run :func:`build_tensorrt_plans` (a plan on a GPU
+    machine, a recorded skip elsewhere) before the upload, so the announced manifest checksum covers it.
 
     Raises:
         GateRefusedError: ``gate_report`` did not pass (nothing is uploaded).
-        EngineError: ONNX Runtime and torch disagree beyond 1e-4.
+        EngineError: ONNX Runtime and torch disagree beyond 1e-4, or a TensorRT plan failed to build or
+            disagrees with ONNX Runtime.
         TrainerError: upload or publish failed.
     """
     from avminer.engines.bundle import load_bundle
@@ -215,6 +293,8 @@ def release(
     bundle = load_bundle(bundle_path)
     parity = check_parity(bundle)
     log.info("release %s: ORT vs torch max abs diff %s", bundle.version, parity)
+    if plans:
+        build_tensorrt_plans(bundle.path, fp16=plan_fp16)
     uri = upload_bundle(bundle.path, settings.sinks.s3, client=client)
     record = make_release(bundle.path, uri, gate_report, dataset_id, notes)
     publish_release(record, settings, producer=producer)

@@ -108,7 +108,11 @@ def classes_of(data_dir: Path) -> list[str]:
 
 
 def run_camvid(spec: RunSpec) -> RunOutcome:
-    """Train an ensemble on a CamVid-layout directory and export it as a bundle at ``spec.out_dir``."""
+    """Train an ensemble on a CamVid-layout directory and export it as a bundle at ``spec.out_dir``.
+
+    Under ``torchrun`` every rank trains (:func:`avminer.trainer.train.train_ensemble`) and only rank 0
+    exports; the others return with ``bundle_path`` None.
+    """
     require_input_multiple(spec.input_hw)
     t0 = time.perf_counter()
     train, held = load_camvid_splits(spec)
@@ -122,6 +126,8 @@ def run_camvid(spec: RunSpec) -> RunOutcome:
     model = build_ensemble(erfnet_arch(width=spec.width, num_classes=len(classes), members=spec.members, dropout=spec.dropout),
                            seed=spec.train.seed)
     result = train_ensemble(model, train, spec.train, spec.work_dir, eval_frames=held)
+    if result.rank != 0:  # data-parallel under torchrun: rank 0 writes the bundle
+        return RunOutcome(result.model, result.metrics, result.seconds_per_epoch, time.perf_counter() - t0, None, 0)
     reference = fit_reference(result.model, train)
     trained_on = {
         "dataset": str(spec.data_dir.name),

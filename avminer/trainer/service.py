@@ -6,17 +6,24 @@ wake-up call (embedded: it polls), counts the catalog's ``labeled`` samples (lab
 run) and, when there are ``trainer.retrain_every_labels`` of them or ``trainer.retrain_interval_s`` has
 passed with at least one, runs one retraining:
 
-1. freeze the labeled samples into the next version of dataset ``fleet`` and record the training run
-   (the catalog marks those samples ``used``);
+1. freeze every labeled sample (new and already used) into the next version of dataset ``fleet``;
 2. train a candidate on the base CamVid-layout data (if given) plus the fleet samples, starting from the
    production weights when the architecture matches, with checkpoints in ``<work_dir>/runs/<run_id>``;
-3. gate it per slice against production on held-out frames (the base data's held-out rows and every
-   fifth fleet sample); refused: the report is logged and kept, production stays;
+3. gate it against production on held-out frames (the base data's held-out rows and every fifth fleet
+   sample) per gate slice: time of day, fog (fogged copies of the held-out day frames), region
+   (:mod:`avminer.trainer.gates`); refused: the report is logged and kept, production stays;
 4. passed: export the bundle, upload it and publish a ModelRelease (when S3 and Kafka are configured;
-   embedded the bundle just becomes the local production model).
+   embedded the bundle just becomes the local production model);
+5. record the training run in the catalog, which marks the frozen samples ``used``, released or refused.
 
-``<work_dir>/service_state.json`` remembers the production bundle and a run in progress, so a restarted
-service resumes that run from its last epoch checkpoint on the same frozen dataset version.
+A run that fails (an error anywhere in 1-5: unreadable frames, a crash in training, S3 or the broker
+down) records nothing: its samples stay ``labeled``, still count as pending, and the next attempt, at
+least ``retry_backoff_s`` later, freezes them again. A refused run does use them: the gates compared a
+model trained on them, and the next dataset version contains them anyway.
+
+``<work_dir>/service_state.json`` remembers the production bundle and a run in progress, so a service
+stopped mid-run (the stop event or SIGTERM ends it after the epoch in progress, checkpoint written) or
+killed resumes that run from its last epoch checkpoint on the same frozen dataset version.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from avminer.config import Settings
-from avminer.errors import GateRefusedError, TrainerError
+from avminer.errors import AvminerError, GateRefusedError, TrainerError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +57,8 @@ class ServiceState:
     production: str | None = None  # bundle directory of the model in production
     run_id: str | None = None  # run in progress
     dataset_version: int | None = None  # its frozen dataset version
-    last_attempt_at: float = 0.0
+    last_attempt_at: float = 0.0  # end of the last run (or the service's first start)
+    last_failed: bool = False  # the last attempt failed: wait retry_backoff_s before the next
     runs: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
@@ -83,6 +91,8 @@ class TrainerService:
         catalog: an open catalog (default: ``sinks.catalog_url``).
         reader: reads blobs by URI (default: :func:`avminer.sinks.open_reader`).
         clock: seconds since the epoch.
+        threads: torch CPU threads for training (0: every core).
+        retry_backoff_s: after a failed run, wait this long before trying again.
     """
 
     def __init__(
@@ -92,6 +102,8 @@ class TrainerService:
         catalog: Any = None,
         reader: Any = None,
         clock: Any = time.time,
+        threads: int = 0,
+        retry_backoff_s: float = 60.0,
     ) -> None:
         from avminer.sinks import default_catalog_url, open_reader
         from avminer.sinks.catalog import open_catalog
@@ -102,9 +114,15 @@ class TrainerService:
         self.catalog = catalog or open_catalog(default_catalog_url(settings))
         self.reader = reader or open_reader(settings)
         self.clock = clock
+        self.threads = threads
+        self.retry_backoff_s = retry_backoff_s
         self.work_dir = Path(self.t.work_dir)
         self.state_path = self.work_dir / STATE_FILE
         self.state = ServiceState.load(self.state_path)
+        if not self.state.last_attempt_at:
+            # The retrain interval counts from the first start, not from 1970: a first label is not a schedule.
+            self.state.last_attempt_at = self.clock()
+            self.state.save(self.state_path)
 
     # -- when ------------------------------------------------------------------------------------------
     def pending_labels(self) -> int:
@@ -112,9 +130,12 @@ class TrainerService:
         return len(self.catalog.query_samples(states=["labeled"]))
 
     def due(self) -> bool:
-        """True when a run is in progress, or enough new labels, or the schedule says so."""
+        """True when a run is in progress, or enough new labels, or the schedule says so (not while a
+        failed attempt's back-off lasts)."""
         if self.state.run_id is not None:
             return True
+        if self.state.last_failed and self.clock() - self.state.last_attempt_at < self.retry_backoff_s:
+            return False
         pending = self.pending_labels()
         if pending >= self.t.retrain_every_labels:
             return True
@@ -148,8 +169,13 @@ class TrainerService:
         return frames(parts[False]), frames(parts[True])
 
     # -- one run -----------------------------------------------------------------------------------------
-    def run_once(self) -> dict[str, Any]:
-        """Freeze the new labels, train, gate, release; returns the run's summary (also kept in the state)."""
+    def run_once(self, stop: threading.Event | None = None) -> dict[str, Any]:
+        """Freeze the labels, train, gate, release, record; returns the run's summary (kept in the state).
+
+        ``stop`` set while training ends the run after the epoch in progress (summary ``result``
+        ``interrupted``): the state keeps the run, and the next call resumes it. Errors propagate with the
+        run still in the state; :meth:`attempt` is what drops a failed run.
+        """
         from avminer import metrics as prom
         from avminer.engines import default_bundle_path
         from avminer.engines.bundle import load_bundle
@@ -157,17 +183,17 @@ class TrainerService:
         from avminer.models.ensemble import build_ensemble, load_ensemble
         from avminer.sinks.catalog import DatasetQuery
         from avminer.trainer.data import LabeledFrames
-        from avminer.trainer.gates import compare, enforce
+        from avminer.trainer.gates import compare, enforce, gate_groups, gate_metrics
         from avminer.trainer.release import CAMVID_CLASSES, export_release_bundle, fit_reference, release
         from avminer.trainer.run import RunSpec, load_camvid_splits
-        from avminer.trainer.train import TrainConfig, evaluate, train_ensemble
+        from avminer.trainer.train import TrainConfig, train_ensemble
 
         st = self.state
         if st.run_id is None:
-            st.run_id = time.strftime("run-%Y%m%d-%H%M%S", time.gmtime(self.clock()))
+            st.run_id = self._new_run_id()
+            # Frozen now, recorded (and its samples marked used) only once the run has an outcome.
             ds = self.catalog.create_dataset(DATASET_ID, DatasetQuery(labeled_only=True))
             st.dataset_version = ds.version
-            self.catalog.record_training_run(st.run_id, DATASET_ID, ds.version, notes="avminer train serve")
             st.save(self.state_path)
         run_id, version = st.run_id, int(st.dataset_version or 0)
         run_dir = self.work_dir / "runs" / run_id
@@ -196,9 +222,17 @@ class TrainerService:
         if prod_model is not None:
             model.load_state_dict(prod_model.state_dict())  # fine-tune from production
         cfg = TrainConfig(epochs=self.t.epochs, batch_size=self.t.batch_size, lr=self.t.lr, beta=self.t.dpe_beta,
-                          progress=False)
-        result = train_ensemble(model, train, cfg, run_dir, eval_frames=held)
-        report = compare(result.metrics, evaluate(prod_model, held) if prod_model is not None else None,
+                          threads=self.threads, progress=False)
+        result = train_ensemble(model, train, cfg, run_dir, eval_frames=held,
+                                should_stop=stop.is_set if stop is not None else None)
+        if not result.completed:
+            log.info("run %s stopped after epoch %d of %d; it resumes at the next start", run_id,
+                     len(result.history), cfg.epochs)
+            return {"run_id": run_id, "dataset_version": version, "result": "interrupted",
+                    "epochs_done": len(result.history)}
+        gated = gate_groups(held)  # the fog copies, made once for both models
+        report = compare(gate_metrics(result.model, held, prepared=gated),
+                         gate_metrics(prod_model, held, prepared=gated) if prod_model is not None else None,
                          self.t.gate_margin)
         for s in report.slices:
             if s.candidate is not None:
@@ -209,6 +243,13 @@ class TrainerService:
                                    "held_out_frames": len(held), "gate": report.as_dict()}
         try:
             enforce(report)
+        except GateRefusedError as exc:
+            log.warning("run %s refused by the gates:\n%s", run_id, report.table())
+            self.catalog.record_training_run(run_id, DATASET_ID, version, notes="avminer train serve: refused")
+            summary["result"] = "refused"
+            summary["error"] = str(exc).splitlines()[0]
+            prom.TRAIN_RUNS.labels(result="refused").inc()
+        else:
             bundle = export_release_bundle(
                 result.model, run_dir / "bundle", version=run_id, input_hw=size,
                 reference=fit_reference(result.model, train), metrics=result.metrics,
@@ -219,26 +260,65 @@ class TrainerService:
                 record = release(bundle.path, self.settings, gate_report=report,
                                  dataset_id=f"{DATASET_ID}@{version}")
                 summary["bundle_uri"] = record.bundle_uri
-            self.catalog.record_training_run(run_id, DATASET_ID, version, model_version=run_id)
             st.production = str(bundle.path)
+            self.catalog.record_training_run(run_id, DATASET_ID, version, model_version=run_id,
+                                             notes="avminer train serve: released")
             summary["result"] = "released"
             prom.TRAIN_RUNS.labels(result="released").inc()
-        except GateRefusedError as exc:
-            log.warning("run %s refused by the gates:\n%s", run_id, report.table())
-            summary["result"] = "refused"
-            summary["error"] = str(exc).splitlines()[0]
-            prom.TRAIN_RUNS.labels(result="refused").inc()
+        self._finish(summary)
+        return summary
+
+    def _new_run_id(self) -> str:
+        """``run-<UTC time>-<n>``: unique even for two attempts in one second (a failed one keeps its dir)."""
+        stamp = time.strftime("run-%Y%m%d-%H%M%S", time.gmtime(self.clock()))
+        n = len(self.state.runs) + 1
+        while (self.work_dir / "runs" / f"{stamp}-{n}").exists():
+            n += 1
+        return f"{stamp}-{n}"
+
+    def _finish(self, summary: dict[str, Any]) -> None:
+        """Close the run in the state: outcome kept, nothing in progress, the attempt's time noted."""
+        st = self.state
         st.runs.append(summary)
         st.run_id, st.dataset_version = None, None
         st.last_attempt_at = self.clock()
+        st.last_failed = summary["result"] == "failed"
         st.save(self.state_path)
-        return summary
 
-    # -- loop ------------------------------------------------------------------------------------------
-    def serve(self, stop: threading.Event, poll_s: float = 10.0) -> None:
-        """Wait for labels (Kafka wake-ups, or polling when embedded) and run whenever :meth:`due`."""
+    def attempt(self, stop: threading.Event | None = None) -> dict[str, Any]:
+        """:meth:`run_once`, and if it fails: log, count, forget the run (its labels stay pending).
+
+        Returns:
+            The run's summary; ``result`` is ``released``, ``refused``, ``interrupted`` or ``failed``.
+        """
         from avminer import metrics as prom
 
+        run_id = self.state.run_id
+        try:
+            return self.run_once(stop)
+        except Exception as exc:  # a failed run must not take the service down with it
+            prom.TRAIN_RUNS.labels(result="failed").inc()
+            log.exception("training run failed; the production model stays, its labels stay pending and are "
+                          "retried in %.0f s", self.retry_backoff_s)
+            summary = {"run_id": self.state.run_id or run_id, "dataset_version": self.state.dataset_version,
+                       "result": "failed", "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+            self._finish(summary)
+            return summary
+
+    # -- loop ------------------------------------------------------------------------------------------
+    def _due_or_wait(self) -> bool:
+        """:meth:`due`, False (try again next cycle) when the catalog cannot be asked right now."""
+        try:
+            return self.due()
+        except AvminerError as exc:
+            log.warning("cannot count pending labels (%s); asking again in the next cycle", exc)
+            return False
+
+    def serve(self, stop: threading.Event, poll_s: float = 10.0) -> None:
+        """Wait for labels (Kafka wake-ups, or polling when embedded) and run whenever :meth:`due`.
+
+        Returns once ``stop`` is set: between runs within ``poll_s``, during a run after its epoch in progress.
+        """
         consumer = None
         if self.settings.kafka.bootstrap_servers:
             from kafka import KafkaConsumer
@@ -254,16 +334,11 @@ class TrainerService:
                  self.work_dir, self.t.retrain_every_labels, self.t.retrain_interval_s)
         try:
             while not stop.is_set():
-                if self.due():
-                    try:
-                        summary = self.run_once()
-                        log.info("run %s: %s", summary["run_id"], summary["result"])
-                    except TrainerError:
-                        prom.TRAIN_RUNS.labels(result="failed").inc()
-                        log.exception("training run failed; the service keeps the production model")
-                        self.state.last_attempt_at = self.clock()
-                        self.state.run_id = None
-                        self.state.save(self.state_path)
+                if self._due_or_wait():
+                    summary = self.attempt(stop)
+                    log.info("run %s: %s", summary["run_id"], summary["result"])
+                    if stop.is_set():
+                        break
                 if consumer is not None:
                     consumer.poll(timeout_ms=int(poll_s * 1000))  # a label result wakes us early
                 else:
@@ -273,7 +348,9 @@ class TrainerService:
                 consumer.close()
 
 
-def serve(settings: Settings, base_data: Path | None = None, stop: threading.Event | None = None) -> int:
+def serve(
+    settings: Settings, base_data: Path | None = None, stop: threading.Event | None = None, threads: int = 0
+) -> int:
     """Run the trainer service until SIGINT/SIGTERM (or ``stop``)."""
     import signal
 
@@ -281,5 +358,5 @@ def serve(settings: Settings, base_data: Path | None = None, stop: threading.Eve
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-    TrainerService(settings, base_data).serve(stop)
+    TrainerService(settings, base_data, threads=threads).serve(stop)
     return 0

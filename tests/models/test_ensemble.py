@@ -23,7 +23,7 @@ from avminer.models import (
     validate_arch,
 )
 from avminer.models.arch import feature_dim
-from avminer.models.erfnet import ExpandedConv2d, LowRankConv2d
+from avminer.models.erfnet import ExpandedConv, LowRankConv2d
 
 H, W = 32, 48
 
@@ -97,7 +97,7 @@ def test_arch_variants_rebuild(tmp_path: Path) -> None:
     model = build_ensemble(arch, seed=0).eval()
     m0, m1 = model.members
     assert isinstance(m0.blocks[nb].conv3x1_1, LowRankConv2d)
-    assert isinstance(m0.blocks[0].conv, ExpandedConv2d)
+    assert isinstance(m0.blocks[0].conv, ExpandedConv)
     assert m1.blocks[nb].conv1x3_1.out_channels == 5
     path = save_ensemble(model, None, tmp_path / "model.pt")
     with torch.no_grad():

@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from avminer.errors import TrainerError
-from avminer.models import build_ensemble, erfnet_arch, load_ensemble, save_ensemble
-from avminer.models.erfnet import ExpandedConv2d
+from avminer.models import build_ensemble, erfnet, erfnet_arch, load_ensemble, save_ensemble
 from avminer.trainer.expandnet import (
     ExpandedConv,
     contract,
@@ -106,15 +105,33 @@ def test_padding_the_inner_layer_instead_would_not_be_exact() -> None:
     assert diff[..., 0, :].max() > 1e-3  # the border does not
 
 
-def test_the_arch_expanded_conv_contracts_too() -> None:
-    conv = nn.Conv2d(3, 4, (3, 1), padding=(2, 0), dilation=(2, 1))
-    expanded = randomise(ExpandedConv2d(conv, 4)).double()
-    x = torch.randn(2, 3, 10, 9, dtype=torch.float64)
-    with torch.no_grad():
-        assert (expanded(x) - contract(expanded)(x)).abs().max() <= 1e-10
-    expanded.expand = nn.Conv2d(3, 12, 1).double()  # a bias before the k×k layer
-    with pytest.raises(TrainerError, match="cannot contract exactly"):
-        contract(expanded)
+def test_one_expanded_conv_for_arch_and_trainer() -> None:
+    # The arch's {"expand": r} override and expand_model build the same module, so one contract serves both.
+    from avminer.trainer import expandnet
+
+    assert expandnet.ExpandedConv is erfnet.ExpandedConv
+    assert not hasattr(erfnet, "ExpandedConv2d")
+    with pytest.raises(TrainerError, match="not an expanded conv"):
+        contract(nn.Sequential(nn.Conv2d(3, 4, 1)))
+
+
+def test_arch_built_expanded_ensemble_contracts_within_float32_round_off() -> None:
+    """Every ERFNet conv expanded through the arch (biases, padding, dilation, stride), then contracted."""
+    arch = erfnet_arch(width=0.25, members=2, dropout=(0.0, 0.0))
+    member = build_ensemble(arch).members[0]
+    convs = [n for n, m in member.named_modules() if type(m) is nn.Conv2d and m.kernel_size != (1, 1)]
+    arch["convs"] = {name: {"expand": 2} for name in convs}
+    model = build_ensemble(arch, seed=0)
+    assert all(isinstance(model.members[0].get_submodule(n), ExpandedConv) for n in convs)
+    randomise(model, std=0.1)  # nonzero biases on every layer of every chain
+    model.eval()
+    compact = contract_ensemble(model)
+    assert compact.arch["convs"] == {}
+    assert not any(isinstance(m, ExpandedConv) for m in compact.modules())
+    x = torch.rand(2, 3, 32, 48, generator=torch.Generator().manual_seed(5)) * 255
+    assert contraction_error(model, compact, x) <= 1e-5
+    model64 = model.double()
+    assert contraction_error(model64, contract_ensemble(model64), x.double()) <= 1e-10
 
 
 def test_stack_kernels() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +17,18 @@ from avminer.events.codec import decode_as
 from avminer.events.records import ModelRelease
 from avminer.models import build_ensemble, erfnet_arch, load_ensemble
 from avminer.trainer.gates import compare
-from avminer.trainer.release import export_release_bundle, fit_reference, release
+from avminer.trainer.release import (
+    build_tensorrt_plans,
+    export_release_bundle,
+    fit_reference,
+    plan_skip_reason,
+    release,
+)
 from avminer.trainer.train import evaluate
+from avminer.utils.imports import is_cuda_available, is_tensorrt_available
 from tests.trainer.conftest import make_frames
+
+gpu = pytest.mark.skipif(not (is_cuda_available() and is_tensorrt_available()), reason="needs CUDA and TensorRT")
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +66,14 @@ def test_refused_gate_uploads_nothing(tiny_bundle: Path) -> None:
         release(tiny_bundle, load_settings(environ={}), gate_report=report, client=object(), producer=object())
 
 
-def test_release_uploads_and_announces(tiny_bundle: Path, s3, kafka, unique: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_release_uploads_and_announces(  # type: ignore[no-untyped-def]
+    tiny_bundle: Path, s3, kafka, unique: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from kafka import KafkaConsumer
 
     from avminer.engines.hotswap import fetch_bundle
+
+    tiny_bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
 
     topic = kafka.topic("releases")
     bucket = s3.bucket("rel")
@@ -68,7 +84,11 @@ def test_release_uploads_and_announces(tiny_bundle: Path, s3, kafka, unique: str
                          "secret_access_key": "any"}},
     })
     report = compare({"all": 0.5}, {"all": 0.5}, 0.02)
-    record = release(tiny_bundle, settings, gate_report=report, dataset_id="ds-1")
+    with caplog.at_level(logging.WARNING, logger="avminer.trainer.release"):
+        record = release(tiny_bundle, settings, gate_report=report, dataset_id="ds-1")
+    skipped = plan_skip_reason()
+    if skipped is not None:  # this machine: no GPU, so the release says it built no plan, and why
+        assert f"TensorRT plans skipped: {skipped}" in caplog.text
     assert record.bundle_uri == f"s3://{bucket}/releases/t-1/"
     assert record.manifest_sha256 == sha256_file(tiny_bundle / MANIFEST)
 
@@ -85,4 +105,36 @@ def test_release_uploads_and_announces(tiny_bundle: Path, s3, kafka, unique: str
     fetched = fetch_bundle(record.bundle_uri, tmp_path / "cache", s3=settings.sinks.s3,
                            manifest_sha256=record.manifest_sha256, name=record.version)
     assert fetched.version == "t-1"
+    plan_build = fetched.manifest["plan_build"]  # recorded in the manifest the release announced
+    if skipped is not None:
+        assert plan_build["status"] == "skipped" and plan_build["reason"] == skipped and not fetched.manifest.get("plans")
+    else:
+        assert plan_build["status"] == "built" and fetched.plan_path(plan_build["key"]) is not None
     np.testing.assert_array_equal(np.load(fetched.reference_path)["scale"], np.load(tiny_bundle / "reference_stats.npz")["scale"])  # type: ignore[arg-type]
+
+
+def test_plan_build_is_skipped_and_recorded_without_a_gpu(tiny_bundle: Path, tmp_path: Path) -> None:
+    if plan_skip_reason() is None:
+        pytest.skip("this machine can build plans: see the GPU test")
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "b"))
+    files_before = load_bundle(bundle).manifest["files"]
+    record = build_tensorrt_plans(bundle)
+    assert record["status"] == "skipped" and ("CUDA" in record["reason"] or "tensorrt" in record["reason"])
+    reloaded = load_bundle(bundle)  # still verifies: checksums untouched, the record is in the manifest
+    assert reloaded.manifest["plan_build"] == record and reloaded.manifest["files"] == files_before
+    assert json.loads((bundle / MANIFEST).read_text())["plan_build"]["status"] == "skipped"
+
+
+@pytest.mark.gpu
+@gpu
+def test_release_builds_a_checked_plan_on_a_gpu(tiny_bundle: Path, tmp_path: Path) -> None:
+    from avminer.engines.tensorrt_backend import current_key, select_plan
+
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "b"))
+    record = build_tensorrt_plans(bundle, fp16=False)  # FP32: an untrained net magnifies FP16 rounding
+    assert record["status"] == "built" and record["key"] == str(current_key())
+    reloaded = load_bundle(bundle)  # every file, the plan and its timing cache included, verifies
+    plan = select_plan(reloaded, current_key())
+    assert plan.relative_to(bundle).as_posix() in reloaded.manifest["files"]
+    assert reloaded.manifest["plan_info"][record["key"]]["precision"] == "fp32"
+    assert build_tensorrt_plans(bundle)["status"] == "present"

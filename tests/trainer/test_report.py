@@ -66,7 +66,7 @@ def test_report_rejects_bad_settings(tmp_path: Path) -> None:
 def test_cli_prints_one_json_object(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rows = [(f"d{i}", "train", "A", "day") for i in range(4)] + [("v0", "val", "A", "day"), ("n0", "train", "B", "dusk")]
     data = write_camvid(tmp_path / "cv", rows)
-    rc = main(["train-report", "--data", str(data), "--quick", "--epochs", "1", "--size", "32x48",
+    rc = main(["train", "report", "--data", str(data), "--quick", "--epochs", "1", "--size", "32x48",
                "--methods", "baseline", "prune", "--threads", "1", "--out", str(tmp_path / "out"), "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)

@@ -230,7 +230,7 @@ class ShiftReference:
         rng = np.random.default_rng(seed)
         stats: dict[str, SliceStats] = {}
         for key, x in [(ALL, pooled), *((k, v) for k, v in arrays.items() if k != ALL)]:
-            if len(x) < max(min_count, 2):
+            if key != ALL and len(x) < max(min_count, 2):  # the pooled reference only needs 2 (checked above)
                 log.info("shift reference: slice %s has %d frames (< %d); it will use the pooled reference",
                          key, len(x), min_count)
                 continue

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from avminer.datasets.camvid import CAMVID_CLASSES
 from avminer.errors import TrainerError
 from avminer.events.records import ModelRelease
 from avminer.models.ensemble import Ensemble
@@ -33,10 +34,7 @@ from avminer.trainer.train import SliceMetrics, extract_features
 
 log = logging.getLogger(__name__)
 
-MIN_REFERENCE_FRAMES = 5  # ShiftReference.fit's smallest slice with a Gaussian of its own, pooled one included
-CAMVID_CLASSES = [
-    "sky", "building", "pole", "road", "sidewalk", "tree", "sign_symbol", "fence", "car", "pedestrian", "bicyclist",
-]
+MIN_REFERENCE_FRAMES = 2  # the pooled Gaussian's minimum (slices below ShiftReference.fit's min_count use it)
 
 
 def fit_reference(model: Ensemble, frames: LabeledFrames, batch_size: int = 16) -> Any:

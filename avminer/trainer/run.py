@@ -12,13 +12,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from avminer.datasets.camvid import read_layout
+from avminer.datasets.camvid import CAMVID_CLASSES, read_layout
 from avminer.errors import TrainerError
 from avminer.models.arch import erfnet_arch
 from avminer.models.ensemble import Ensemble, build_ensemble
 from avminer.trainer.data import LabeledFrames, load_camvid
 from avminer.trainer.release import (
-    CAMVID_CLASSES,
     bundle_dir_size,
     export_release_bundle,
     fit_reference,

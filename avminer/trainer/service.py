@@ -177,6 +177,7 @@ class TrainerService:
         run still in the state; :meth:`attempt` is what drops a failed run.
         """
         from avminer import metrics as prom
+        from avminer.datasets.camvid import CAMVID_CLASSES
         from avminer.engines import default_bundle_path
         from avminer.engines.bundle import load_bundle
         from avminer.models.arch import erfnet_arch
@@ -184,7 +185,7 @@ class TrainerService:
         from avminer.sinks.catalog import DatasetQuery
         from avminer.trainer.data import LabeledFrames
         from avminer.trainer.gates import compare, enforce, gate_groups, gate_metrics
-        from avminer.trainer.release import CAMVID_CLASSES, export_release_bundle, fit_reference, release
+        from avminer.trainer.release import export_release_bundle, fit_reference, release
         from avminer.trainer.run import RunSpec, load_camvid_splits
         from avminer.trainer.train import TrainConfig, train_ensemble
 
@@ -254,7 +255,7 @@ class TrainerService:
                 result.model, run_dir / "bundle", version=run_id, input_hw=size,
                 reference=fit_reference(result.model, train), metrics=result.metrics,
                 trained_on={"dataset": DATASET_ID, "dataset_version": version, "frames": len(train)},
-                classes=production.classes if production else CAMVID_CLASSES,
+                classes=production.classes if production else list(CAMVID_CLASSES),
             )
             if self.settings.kafka.bootstrap_servers and self.settings.sinks.s3.endpoint_url:
                 record = release(bundle.path, self.settings, gate_report=report,

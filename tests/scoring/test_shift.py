@@ -153,3 +153,12 @@ def test_drift_monitor_alarms_on_shift_only() -> None:
     assert state.alarm and state.value > 3.0
     assert mon.values()["day"] == (state.value, True)
     assert mon.state("night") is None
+
+
+def test_few_frames_still_get_the_pooled_reference() -> None:
+    # Below min_count a slice has no Gaussian of its own, but the pooled one needs only 2 frames:
+    # a trainer releasing from 3 labeled frames still ships a usable reference.
+    x = np.random.default_rng(1).normal(size=(3, 4))
+    ref = ShiftReference.fit({"dusk/clear/a": x}, min_count=5)
+    assert set(ref.slices) == {ALL}
+    assert np.isfinite(ref.mahalanobis(x, ["dusk/clear/a"] * 3)).all()

@@ -38,7 +38,7 @@ from tests.mining.support import produce
 from tests.services import KafkaBroker, S3Server
 from tests.trainer.conftest import H, W, make_frames
 
-N = 8  # trainer.retrain_every_labels (at least 5 training frames: the shift reference needs them)
+N = 8  # trainer.retrain_every_labels
 
 
 def png(array: Any) -> bytes:

@@ -13,8 +13,10 @@ Strategies (all see the same pool, initial set and training recipe):
   (BALD; Gal, Islam & Ghahramani, ICML 2017 — the approach of the BaaL library).
 - ``dpe_mi``: K-member Deep Probabilistic Ensemble, mean pixel mutual information, top-B
   (Chitta, Alvarez & Lesnikowski, 2018).
-- ``policy``: avminer's full policy: ensemble MI (top-k pooled) + domain shift (Mahalanobis distance to the
-  labeled set's features) + per-slice budgets + diversity (greedy, penalising cosine similarity to frames
+- ``policy``: avminer's full policy: ensemble MI (mean over pixels, each weighted by how rare its predicted
+  class is in the labeled set) + domain shift (Mahalanobis distance to the labeled set's features), per-
+  condition budgets in proportion to each condition's unfamiliarity (summed shift rank), and diversity
+  within a condition (greedy, penalising cosine similarity, around the condition's own centre, to frames
   already picked or labeled).
 
 Models are retrained from scratch each round (same seed, same number of epochs over the labeled set,
@@ -37,7 +39,7 @@ from numpy.typing import NDArray
 
 from avminer.errors import DatasetError
 from avminer.scoring.shift import ShiftReference
-from avminer.scoring.uncertainty import aggregate, mutual_information, predictive_entropy
+from avminer.scoring.uncertainty import aggregate, mean_prediction, mutual_information, predictive_entropy
 
 log = logging.getLogger(__name__)
 
@@ -280,28 +282,48 @@ class Simulation:
     def _pick_policy(self, model: Any, labeled: list[int], unlabeled: list[int], budget: int) -> list[int]:
         probs, feats, _ = self._probe(model, unlabeled)
         _, lab_feats, _ = self._probe(model, labeled)
-        mi = aggregate(mutual_information(probs), "topk", topk_fraction=0.05)
-        slices = [self.pool.slices[i] for i in unlabeled]
-        lab_slices = [self.pool.slices[i] for i in labeled]
-        by_slice: dict[str, np.ndarray] = {}
-        for s in set(lab_slices):
-            by_slice[s] = lab_feats[[j for j, t in enumerate(lab_slices) if t == s]]
+        # Mean pixel MI with pixels weighted by how rare their predicted class is in the labeled set: mIoU
+        # averages classes equally, so a confusing pole or cyclist is worth more than confusing road.
+        pred = mean_prediction(probs)  # [n, H, W]
+        mi = aggregate(mutual_information(probs), "mean", weights=self._class_weights(labeled)[pred])
+        conds = [_condition(self.pool.slices[i]) for i in unlabeled]
+        lab_conds = [_condition(self.pool.slices[i]) for i in labeled]
         # Shift is measured against what the model was trained on (the labeled set), pooled: a slice the
         # labeled set lacks is exactly the unfamiliar data the policy should find.
         reference = ShiftReference.fit({"all": lab_feats}, min_count=2) if len(lab_feats) >= 2 else None
         shift = reference.mahalanobis(feats) if reference is not None else np.zeros(len(unlabeled))
-        priority = _rank01(np.asarray(mi, np.float64)) + self.cfg.shift_weight * _rank01(np.asarray(shift, np.float64))
-        center = np.concatenate([feats, lab_feats]).mean(axis=0)
-        emb, lab_emb = _unit_rows(feats, center), _unit_rows(lab_feats, center)
+        shift_rank = _rank01(np.asarray(shift, np.float64))
+        priority = _rank01(np.asarray(mi, np.float64)) + self.cfg.shift_weight * shift_rank
         picks: list[int] = []
-        for key, quota in slice_budgets([_condition(s) for s in slices], priority, budget).items():
-            members = np.array([j for j, s in enumerate(slices) if _condition(s) == key], dtype=np.int64)
+        # Budgets follow each slice's unfamiliarity mass (summed shift rank), not its uncertainty: ensemble
+        # members tend to *agree* on a dark slice they never saw (low MI, high shift), so an MI-weighted
+        # split would starve exactly the condition that needs labels. As a slice gets labeled its frames
+        # move closer to the reference and its share shrinks on its own.
+        for key, quota in slice_budgets(conds, shift_rank + 1e-3, budget).items():
+            members = np.array([j for j, c in enumerate(conds) if c == key], dtype=np.int64)
             if quota <= 0 or not len(members):
                 continue
-            already = np.concatenate([lab_emb, emb[np.asarray(picks, dtype=np.int64)]]) if picks else lab_emb
-            chosen = select_diverse(priority[members], emb[members], already, quota, self.cfg.diversity_weight)
+            # Cosine similarity around the slice's own centre: every dusk frame is close to every other
+            # dusk frame seen from the day data's centre, which would make the whole slice look redundant.
+            lab_in = np.array([j for j, c in enumerate(lab_conds) if c == key], dtype=np.int64)
+            center = np.concatenate([feats[members], lab_feats[lab_in]]).mean(axis=0)
+            emb = _unit_rows(feats[members], center)
+            lab_emb = _unit_rows(lab_feats[lab_in], center) if len(lab_in) else np.zeros((0, feats.shape[1]))
+            chosen = select_diverse(priority[members], emb, lab_emb, quota, self.cfg.diversity_weight)
             picks.extend(int(members[c]) for c in chosen)
         return sorted(unlabeled[j] for j in picks)
+
+    def _class_weights(self, labeled: Sequence[int]) -> NDArray[np.float32]:
+        """Per class ``sqrt(median frequency / frequency)`` in the labeled set's ground truth, in [0.25, 10]."""
+        from avminer.trainer.data import class_pixel_counts
+
+        counts = class_pixel_counts(np.stack([self.pool.labels[i] for i in labeled])).astype(np.float64)
+        freq = counts / max(counts.sum(), 1.0)
+        seen = freq[freq > 0]
+        median = float(np.median(seen)) if len(seen) else 1.0
+        w = np.sqrt(median / np.maximum(freq, median / 100.0))  # unseen classes: the cap
+        out: NDArray[np.float32] = np.clip(w, 0.25, 10.0).astype(np.float32)
+        return out
 
     # -- the loop -------------------------------------------------------------------------------------------
     def run_strategy(self, strategy: str) -> list[RoundResult]:
@@ -391,6 +413,102 @@ def summarise(
     return out
 
 
+def _seed_worker(data: str, eval_data: str | None, cfg: ALConfig, split_seed: int, limit: int | None) -> dict[str, Any]:
+    """One seed's simulation in a worker process (progress lines go to stderr, tagged with the seed)."""
+    import sys
+
+    split_cfg = ALConfig(**{**asdict(cfg), "seed": split_seed})
+    pool, held = load_frames(data, eval_data, split_cfg, limit=limit)
+    tag = f"[seed {cfg.seed}] "
+    return Simulation(pool, held, cfg, progress=lambda m: print(tag + m, file=sys.stderr, flush=True)).run()
+
+
+def run_seeds(
+    data: str | Path, eval_data: str | Path | None, cfg: ALConfig, seeds: Sequence[int], jobs: int = 1,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """The simulation once per seed on the same pool and held-out frames, combined by :func:`combine`.
+
+    A seed changes the initial labeled set, the random picks and the weight initialisation: the spread
+    across seeds says how much of a gap between two curves is training noise. The held-out split is the
+    first seed's. ``jobs`` worker processes run seeds side by side (give each ``cfg.threads`` threads).
+    """
+    import concurrent.futures
+    import multiprocessing
+
+    cfgs = [ALConfig(**{**asdict(cfg), "seed": int(s)}).validate() for s in seeds]
+    args = [(str(data), None if eval_data is None else str(eval_data), c, int(seeds[0]), limit) for c in cfgs]
+    t0 = time.perf_counter()
+    if jobs <= 1 or len(cfgs) == 1:
+        reports = [_seed_worker(*a) for a in args]
+    else:
+        # spawn, not fork: torch's thread pools do not survive a fork.
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(cfgs)), mp_context=ctx) as ex:
+            reports = list(ex.map(_seed_worker, *zip(*args, strict=True)))
+    out = combine(reports)
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def combine(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean curves over per-seed reports of the same pool and rounds; the per-seed values are kept.
+
+    ``reaches_full_pool_at`` and ``policy_beats_random_at`` are computed on the means;
+    ``policy_beats_random_per_seed`` lists each seed's own comparison.
+    """
+    if len(reports) == 1:
+        return {**reports[0], "seeds": [reports[0]["config"]["seed"]]}
+
+    def mean(values: Sequence[float]) -> float:
+        return float(np.mean(values))
+
+    def mean_by(dicts: Sequence[dict[str, float]]) -> dict[str, float]:
+        return {k: mean([d.get(k, 0.0) for d in dicts]) for k in sorted({k for d in dicts for k in d})}
+
+    first = reports[0]
+    full = mean([r["full_pool"]["miou"] for r in reports])
+    out: dict[str, Any] = {
+        "config": first["config"],
+        "seeds": [r["config"]["seed"] for r in reports],
+        "pool_frames": first["pool_frames"],
+        "eval_frames": first["eval_frames"],
+        "full_pool": {"miou": full, "miou_by_condition": mean_by([r["full_pool"]["miou_by_condition"] for r in reports]),
+                      "per_seed": [r["full_pool"]["miou"] for r in reports]},
+        "strategies": {},
+    }
+    means: dict[str, list[RoundResult]] = {}
+    for name in first["strategies"]:
+        curves = [r["strategies"][name]["curve"] for r in reports]
+        rounds = [
+            RoundResult(
+                labeled=rs[0]["labeled"], fraction=rs[0]["fraction"], miou=mean([x["miou"] for x in rs]),
+                miou_by_condition=mean_by([x["miou_by_condition"] for x in rs]),
+                picked_by_condition=mean_by([x["picked_by_condition"] for x in rs]),  # type: ignore[arg-type]
+                seconds=float(sum(x["seconds"] for x in rs)),
+            )
+            for rs in zip(*curves, strict=True)
+        ]
+        means[name] = rounds
+        out["strategies"][name] = {
+            "curve": [asdict(r) for r in rounds],
+            "per_seed_miou": [[x["miou"] for x in c] for c in curves],
+            "per_seed_miou_by_condition": [[x["miou_by_condition"] for x in c] for c in curves],
+            "reaches_full_pool_at": reach_fraction(rounds, full),
+            "reaches_95pct_full_pool_at": reach_fraction(rounds, 0.95 * full),
+        }
+    if "random" in means and "policy" in means:
+        out["policy_beats_random_at"] = [p.miou > r.miou for r, p in zip(means["random"][1:], means["policy"][1:], strict=True)]
+        out["policy_beats_random_per_seed"] = [r.get("policy_beats_random_at") for r in reports]
+    costs = [r["uncertainty_seconds_per_frame"] for r in reports if "uncertainty_seconds_per_frame" in r]
+    if costs:
+        out["uncertainty_seconds_per_frame"] = {
+            "ensemble_k": costs[0]["ensemble_k"], **{k: mean([c[k] for c in costs]) for k in
+                                                     ("ensemble", "mc_dropout_t20", "mc_over_ensemble")},
+        }
+    return out
+
+
 def plot(report: dict[str, Any], path: str | Path) -> Path:
     """PNG: mIoU vs labeled fraction per strategy, overall and per condition, full-pool line dashed."""
     import matplotlib
@@ -406,7 +524,12 @@ def plot(report: dict[str, Any], path: str | Path) -> Path:
         for name, s in strategies.items():
             xs = [r["fraction"] for r in s["curve"]]
             ys = [r["miou"] if panel == "all" else r["miou_by_condition"].get(panel, float("nan")) for r in s["curve"]]
-            ax.plot(xs, ys, marker="o", label=name, linewidth=2.2 if name == "policy" else 1.2)
+            line = ax.plot(xs, ys, marker="o", label=name, linewidth=2.2 if name == "policy" else 1.2)[0]
+            per_seed = s.get("per_seed_miou") if panel == "all" else [
+                [r.get(panel, float("nan")) for r in c] for c in s.get("per_seed_miou_by_condition", [])]
+            if per_seed and len(per_seed) > 1:  # min-max band across seeds
+                arr = np.asarray(per_seed, dtype=np.float64)
+                ax.fill_between(xs, arr.min(axis=0), arr.max(axis=0), color=line.get_color(), alpha=0.12)
         full = report["full_pool"]["miou"] if panel == "all" else report["full_pool"]["miou_by_condition"].get(panel)
         if full is not None:
             ax.axhline(full, color="k", linestyle="--", linewidth=1, label="full pool")

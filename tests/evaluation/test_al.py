@@ -14,9 +14,11 @@ from avminer.evaluation.al import (
     RoundResult,
     Simulation,
     _rank01,
+    combine,
     reach_fraction,
     select_diverse,
     slice_budgets,
+    summarise,
     write_report,
 )
 
@@ -92,6 +94,45 @@ def test_simulation_runs_every_strategy(tmp_path: Path) -> None:
     assert ppath.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_class_weights_favour_classes_rare_in_the_labeled_set() -> None:
+    pool = _frames(12, 16, 24, 0)
+    pool.labels[:, : 16 // 2] = 11  # void above (not counted), road (3) below
+    pool.labels[:, :2, :2] = 0  # a sliver of sky; class 9 never appears
+    sim = Simulation(pool, _frames(3, 16, 24, 1), ALConfig(height=16, width=24, initial_fraction=0.2,
+                                                           fractions=[0.5]), progress=lambda _: None)
+    w = sim._class_weights(range(12))
+    assert w[0] > w[3]  # rare sky pixels count more than common road
+    assert w[9] == pytest.approx(10.0)  # never labeled: the cap
+    assert (w >= 0.25).all() and (w <= 10.0).all()
+
+
+def _report(seed: int, random_miou: list[float], policy_miou: list[float], full: float) -> dict[str, object]:
+    def curve(mious: list[float]) -> list[RoundResult]:
+        return [RoundResult(10 * (i + 1), 0.1 * (i + 1), m, {"day": m, "dusk": m / 2}, {"day": 10 * (i + 1)}, 1.0)
+                for i, m in enumerate(mious)]
+
+    report = summarise({"random": curve(random_miou), "policy": curve(policy_miou)}, full, {"day": full},
+                       ALConfig(seed=seed), 100, 20, {"ensemble": 1.0, "mc_dropout_t20": 6.0}, 5.0)
+    return report
+
+
+def test_combine_averages_seeds_and_keeps_each_seed() -> None:
+    a = _report(0, [0.1, 0.2, 0.3], [0.1, 0.25, 0.28], 0.3)
+    b = _report(1, [0.1, 0.2, 0.3], [0.1, 0.19, 0.36], 0.4)
+    out = combine([a, b])
+    assert out["seeds"] == [0, 1]
+    assert out["full_pool"]["miou"] == pytest.approx(0.35) and out["full_pool"]["per_seed"] == [0.3, 0.4]
+    policy = out["strategies"]["policy"]
+    assert [r["miou"] for r in policy["curve"]] == pytest.approx([0.1, 0.22, 0.32])
+    assert policy["per_seed_miou"] == [[0.1, 0.25, 0.28], [0.1, 0.19, 0.36]]
+    assert policy["curve"][1]["miou_by_condition"]["dusk"] == pytest.approx(0.11)
+    assert policy["reaches_full_pool_at"] is None  # mean 0.32 < mean full pool 0.35
+    assert out["policy_beats_random_at"] == [True, True]  # on the means
+    assert out["policy_beats_random_per_seed"] == [[True, False], [False, True]]
+    assert out["uncertainty_seconds_per_frame"]["mc_over_ensemble"] == pytest.approx(6.0)
+    assert combine([a])["seeds"] == [0]
+
+
 def test_config_errors_are_clear() -> None:
     with pytest.raises(DatasetError, match="multiples of 8"):
         ALConfig(height=50).validate()
@@ -112,3 +153,21 @@ def test_bench_al_quick_cli_prints_one_json_object(tmp_path: Path, capsys: pytes
     assert set(report["strategies"]) == {"random", "policy"}
     assert report["pool_frames"] + report["eval_frames"] == len(rows)
     assert Path(report["files"]["plot"]).is_file()
+
+
+@pytest.mark.slow
+def test_bench_al_seeds_run_in_worker_processes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from avminer.cli.main import main
+    from tests.trainer.test_data import write_camvid
+
+    rows = [(f"d{i}", "train", "D", "day") for i in range(16)] + [(f"k{i}", "train", "K", "dusk") for i in range(6)]
+    data = write_camvid(tmp_path / "cv", rows)
+    rc = main(["bench", "al", "--data", str(data), "--quick", "--threads", "1", "--strategies", "random,policy",
+               "--seeds", "2", "--jobs", "2", "--out", str(tmp_path / "al"), "--json"])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["seeds"] == [0, 1]
+    for s in report["strategies"].values():
+        assert len(s["per_seed_miou"]) == 2
+        assert [r["miou"] for r in s["curve"]] == pytest.approx(np.mean(s["per_seed_miou"], axis=0).tolist())
+    assert len(report["policy_beats_random_per_seed"]) == 2

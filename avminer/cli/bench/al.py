@@ -24,7 +24,11 @@ def register(sub: Any) -> None:
     p.add_argument("--size", help="input HxW, multiples of 8 (default 48x64; quick 32x48)")
     p.add_argument("--fractions", help="labeled fractions after each round, e.g. 0.1,0.2,0.3")
     p.add_argument("--limit", type=int, help="use N evenly spaced pool frames (smoke tests)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="first seed (initial set, random picks, weights)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="run the whole simulation for seeds seed..seed+N-1 and report mean curves with the "
+                        "per-seed values (the spread shows what is training noise); default 1")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes for --seeds (each with --threads threads)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (0: all cores); 1 is far faster on a machine shared with other work")
     p.add_argument("--out", default="avminer-out/bench-al", help="directory for al.json and al.png")
@@ -33,7 +37,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avminer.evaluation.al import QUICK, ALConfig, Simulation, load_frames, write_report
+    from avminer.errors import DatasetError
+    from avminer.evaluation.al import QUICK, ALConfig, Simulation, load_frames, run_seeds, write_report
 
     cfg = QUICK if args.quick else ALConfig()
     changes: dict[str, Any] = {"seed": args.seed, "threads": args.threads}
@@ -52,16 +57,24 @@ def run(args: argparse.Namespace) -> int:
     def say(msg: str) -> None:
         print(msg, file=stream, flush=True)
 
+    if args.seeds < 1 or args.jobs < 1:
+        raise DatasetError("--seeds and --jobs must be at least 1")
     pool, held = load_frames(args.data, args.eval_data, cfg, limit=args.limit)
     say(f"pool {len(pool)} frames, held-out {len(held)}, input {cfg.height}x{cfg.width}, width {cfg.net_width}, "
         f"K={cfg.members}, {cfg.epochs:g} epochs per training (>= {cfg.min_steps} steps)")
-    report = Simulation(pool, held, cfg, progress=say).run()
+    if args.seeds == 1:
+        report = {**Simulation(pool, held, cfg, progress=say).run(), "seeds": [cfg.seed]}
+    else:
+        seeds = list(range(args.seed, args.seed + args.seeds))
+        say(f"seeds {seeds} in {min(args.jobs, len(seeds))} process(es); progress lines on stderr")
+        report = run_seeds(args.data, args.eval_data, cfg, seeds, args.jobs, args.limit)
     jpath, ppath = write_report(report, args.out)
     report["files"] = {"json": str(jpath), "plot": str(ppath)}
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"\nfull-pool mIoU {report['full_pool']['miou']:.3f}  (took {report['seconds']:.0f} s)")
+    mean_of = f" (mean of seeds {report['seeds']})" if len(report.get("seeds", [])) > 1 else ""
+    print(f"\nfull-pool mIoU {report['full_pool']['miou']:.3f}{mean_of}  (took {report['seconds']:.0f} s)")
     print(f"{'strategy':10s} " + " ".join(f"{r['fraction']:>7.1%}" for r in next(iter(report['strategies'].values()))['curve'])
           + "   reaches full-pool at")
     for name, s in report["strategies"].items():

@@ -211,7 +211,8 @@ class SelectionSettings:
                                  "*/snow/*": 0.005},
         metadata=_help(
             "Per-slice overrides, key 'time_of_day/weather/region' with * wildcards, e.g. 'dusk/*/*'. An exact key"
-            " wins; else the highest rate among matching patterns (rare conditions are mined more)."
+            " wins (it may lower a rate); else the highest of target_rate and the matching patterns' rates"
+            " (rare conditions are mined more)."
         ),
     )
     score_weights: dict[str, float] = field(

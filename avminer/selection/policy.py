@@ -12,8 +12,9 @@ threshold (``uncertainty``, ``shift``, ``radar``, ``novelty``).
 **Threshold.** Per slice, mined iff ``priority > quantile(1 - rate)`` of the slice's priority sketch,
 where the sketches are this miner's merged with every other miner's (:meth:`merge_remote`), so the
 fleet as a whole mines at the target rate whatever the partition skew. ``rate`` is
-``settings.slice_rates[slice]`` if the key is there exactly, else the highest rate among matching
-wildcard patterns, else ``settings.target_rate``. Until a slice's merged sketches hold
+``settings.slice_rates[slice]`` if the key is there exactly (an exact key may also lower a slice's
+rate), else the highest of ``settings.target_rate`` and the rates of matching wildcard patterns
+(patterns only raise a rate: the default rare-condition boosts never undercut a raised target). Until a slice's merged sketches hold
 ``warmup_frames`` frames its threshold is borrowed from the priorities of all slices pooled (surprises
 are within-slice ranks, so priorities are distributed alike across slices), once the slice has
 :data:`WARMUP_MIN_FRAMES` frames and the pool ``warmup_frames``; before that nothing is mined
@@ -193,12 +194,12 @@ class SelectionPolicy:
 
     # -- configuration -----------------------------------------------------------------------------------
     def rate_for(self, slice_key: str) -> float:
-        """Target mined fraction of a slice (exact key, else the highest matching pattern, else default)."""
+        """Target mined fraction of a slice (exact key, else the highest of the default and matching patterns)."""
         rates = self.settings.slice_rates
         if slice_key in rates:
             return float(rates[slice_key])
         matches = [r for pattern, r in rates.items() if fnmatch.fnmatchcase(slice_key, pattern)]
-        return float(max(matches)) if matches else float(self.settings.target_rate)
+        return float(max([self.settings.target_rate, *matches]))
 
     def _state(self, slice_key: str) -> _Slice:
         st = self._slices.get(slice_key)

@@ -83,6 +83,9 @@ def test_rate_resolution() -> None:
     assert policy.rate_for("dusk/clear/x") == 0.005
     assert policy.rate_for("dusk/fog/x") == 0.01  # the highest matching pattern
     assert policy.rate_for("dusk/fog/special") == 0.002  # an exact key wins
+    # Raising the target above the default rare-condition boosts raises rare slices too.
+    raised = SelectionPolicy(SelectionSettings(target_rate=0.02))
+    assert raised.rate_for("dusk/clear/x") == raised.rate_for("day/clear/x") == 0.02
     with pytest.raises(SelectionError, match="score_weights"):
         SelectionPolicy(SelectionSettings(score_weights={"bogus": 1.0}))
 

@@ -194,8 +194,11 @@ class Pipeline:
         self.stats = PipelineStats()
 
         qs = settings.batcher.queue_size
-        self._decode_q: queue.Queue[tuple[SourceMessage, _Job]] = queue.Queue(qs)
-        self._assemble_q: queue.Queue[FrameWork | tuple[RadarScan, _Job]] = queue.Queue(qs)
+        # Items carry a sequence number from the moment they enter decoding: with several decode workers
+        # the assemble stage puts their outcomes back in that order (a partition's frames stay in order).
+        self._decode_q: queue.Queue[tuple[int, SourceMessage, _Job]] = queue.Queue(qs)
+        self._assemble_q: queue.Queue[tuple[int, FrameWork | tuple[RadarScan, _Job] | None]] = queue.Queue(qs)
+        self._decode_seq = 0
         # Engine outputs are large ([K, N, C, H, W] float32): keep only a couple in flight.
         self._engine_q: queue.Queue[list[FrameWork]] = queue.Queue(2)
         self._score_q: queue.Queue[tuple[list[FrameWork], Any, np.ndarray, Any]] = queue.Queue(2)
@@ -316,10 +319,12 @@ class Pipeline:
     def _feed(self) -> None:
         with self._lock:
             while self._overflow:
+                msg, job = self._overflow[0]
                 try:
-                    self._decode_q.put_nowait(self._overflow[0])
+                    self._decode_q.put_nowait((self._decode_seq, msg, job))
                 except queue.Full:
                     return
+                self._decode_seq += 1
                 self._overflow.popleft()
 
     def _drop_overflow(self) -> None:
@@ -487,48 +492,58 @@ class Pipeline:
         return (int(hw[0]), int(hw[1])) if hw else None
 
     def _decode_loop(self) -> None:
-        limits = self.settings.decode
         while not self._halt.is_set():
             item = self._get(self._decode_q)
             if item is None:
                 continue
-            msg, job = item
-            if not self._live(job):
-                continue
-            try:
-                record = decode_event(msg)
-                if isinstance(record, RadarScan):
-                    self._put(self._assemble_q, (record, job))
-                    continue
-                data = image_bytes(record, self.fetch)
-                image = decode_image(data, limits, self._target_hw(), record.encoding)
-            except PoisonError as exc:
-                # Every dead letter is counted (avminer_dead_letters_total); the log gets a sample.
-                seen = self._poison_logged.get(exc.reason, 0)
-                self._poison_logged[exc.reason] = seen + 1
-                if seen < 10 or seen % 1000 == 0:
-                    log.warning("poison %s[%d]@%d: %s (%s)%s", msg.topic, msg.partition, msg.offset, exc.reason,
-                                exc, " (logging every 1000th from now on)" if seen == 9 else "")
-                self._send_dead_letter(msg, job, exc.reason, str(exc))
-                continue
-            # The event's bytes are not kept: only the image (to store a mined frame as it arrived).
-            self._put(self._assemble_q, FrameWork(job, record, image, data))
+            seq, msg, job = item
+            # Exactly one outcome per sequence number reaches the assemble stage (None: nothing to assemble).
+            self._put(self._assemble_q, (seq, self._decode_one(msg, job)))
+
+    def _decode_one(self, msg: SourceMessage, job: _Job) -> FrameWork | tuple[RadarScan, _Job] | None:
+        if not self._live(job):
+            return None
+        limits = self.settings.decode
+        try:
+            record = decode_event(msg)
+            if isinstance(record, RadarScan):
+                return record, job
+            data = image_bytes(record, self.fetch)
+            image = decode_image(data, limits, self._target_hw(), record.encoding)
+        except PoisonError as exc:
+            # Every dead letter is counted (avminer_dead_letters_total); the log gets a sample.
+            seen = self._poison_logged.get(exc.reason, 0)
+            self._poison_logged[exc.reason] = seen + 1
+            if seen < 10 or seen % 1000 == 0:
+                log.warning("poison %s[%d]@%d: %s (%s)%s", msg.topic, msg.partition, msg.offset, exc.reason,
+                            exc, " (logging every 1000th from now on)" if seen == 9 else "")
+            self._send_dead_letter(msg, job, exc.reason, str(exc))
+            return None
+        # The event's bytes are not kept: only the image (to store a mined frame as it arrived).
+        return FrameWork(job, record, image, data)
 
     def _assemble_loop(self) -> None:
         src = self.settings.source
         joiner: RadarJoiner[FrameWork, _Job] = RadarJoiner(src.radar_join_window_ms, src.radar_wait_ms)
         batcher: MicroBatcher[FrameWork] = MicroBatcher(self.settings.batcher.max_batch,
                                                         self.settings.batcher.max_wait_ms)
+        pending: dict[int, FrameWork | tuple[RadarScan, _Job] | None] = {}  # decoded out of order
+        next_seq = 0
         while not self._halt.is_set():
             deadlines = [d for d in (joiner.next_deadline(), batcher.next_deadline()) if d is not None]
             wait = _TICK_S if not deadlines else min(_TICK_S, max(0.0, min(deadlines) - time.monotonic()))
-            item = self._get(self._assemble_q, timeout=wait) if wait > 0 else self._get_nowait(self._assemble_q)
-            if isinstance(item, FrameWork):
-                joiner.add_frame(item.frame.vehicle_id, item.frame.timestamp_us, item, item.job.tp)
-            elif item is not None:
-                scan, job = item
-                joiner.add_radar(scan, job, job.tp)
-            flushing = self._flush.is_set() and self._assemble_q.empty()
+            got = self._get(self._assemble_q, timeout=wait) if wait > 0 else self._get_nowait(self._assemble_q)
+            if got is not None:
+                pending[got[0]] = got[1]
+            while next_seq in pending:
+                item = pending.pop(next_seq)
+                next_seq += 1
+                if isinstance(item, FrameWork):
+                    joiner.add_frame(item.frame.vehicle_id, item.frame.timestamp_us, item, item.job.tp)
+                elif item is not None:
+                    radar_scan, radar_job = item
+                    joiner.add_radar(radar_scan, radar_job, radar_job.tp)
+            flushing = self._flush.is_set() and self._assemble_q.empty() and not pending
             joiner.tick(flush=flushing)
             for job in joiner.pop_expired():
                 if self._live(job):

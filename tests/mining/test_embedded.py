@@ -113,3 +113,31 @@ def test_bench_pipeline_prints_one_json_object(tmp_path: Path, starter_bundle: P
     assert result["frames"] == 24
     assert result["pipeline_fps"] > 0 and result["engine_fps"] > 0
     assert result["ratio"] == pytest.approx(result["pipeline_fps"] / result["engine_fps"], rel=0.02)
+
+
+def test_several_decode_workers_keep_each_partition_in_order(
+    sample_drive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import random
+    import time
+
+    import avminer.mining.pipeline as pipeline_module
+
+    real_decode = pipeline_module.decode_image
+    rng = random.Random(7)
+
+    def uneven_decode(*args: object, **kwargs: object) -> object:
+        time.sleep(rng.uniform(0.0, 0.02))  # workers finish out of order
+        return real_decode(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline_module, "decode_image", uneven_decode)
+    settings = load_settings(environ={}, overrides={
+        "sinks": {"output_dir": str(tmp_path / "out")}, "metrics": {"port": 0}, "decode": {"workers": 4},
+    })
+    offsets: list[int] = []
+    stats = run_miner(settings, engines=fake_holder(), drive_log=sample_drive,  # type: ignore[arg-type]
+                      on_decided=lambda batch: offsets.extend(d.decision.offset for d in batch),
+                      handle_signals=False, serve_metrics=False)
+    frames, _ = sample_records(sample_drive)
+    assert stats.decisions == len(frames) and stats.drained
+    assert offsets == sorted(offsets) == list(range(len(frames)))

@@ -40,6 +40,11 @@ def register(sub: Any) -> None:
     imp.add_argument("export", help="the JSON export file")
     imp.set_defaults(func=_import_labelstudio)
 
+    cvat = ls.add_parser("import-cvat", help="import a CVAT 'Segmentation mask 1.1' export (zip)")
+    cvat.add_argument("export", help="the zip CVAT exported")
+    cvat.add_argument("--labeler", default="cvat", help="labeler recorded with each label (default: cvat)")
+    cvat.set_defaults(func=_import_cvat)
+
 
 def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
@@ -92,15 +97,26 @@ def _oracle(args: argparse.Namespace) -> int:
 
 
 def _import_labelstudio(args: argparse.Namespace) -> int:
+    from avminer.labels.labelstudio import results_from_export
+
+    return _import(args, *results_from_export(args.export))
+
+
+def _import_cvat(args: argparse.Namespace) -> int:
+    from avminer.labels.cvat import results_from_zip
+
+    return _import(args, *results_from_zip(args.export, labeler=args.labeler))
+
+
+def _import(args: argparse.Namespace, results: list[Any], problems: list[str]) -> int:
+    """Send imported labels to the label-results topic (broker configured) or apply them to the catalog."""
     import sys
 
     from avminer.cli.catalog import open_from_args
     from avminer.config import load_settings
-    from avminer.labels.labelstudio import results_from_export
     from avminer.labels.masks import InvalidLabelError
 
     settings = load_settings(args.config)
-    results, problems = results_from_export(args.export)
     for line in problems:
         print(f"skipped: {line}", file=sys.stderr)
     applied = refused = 0

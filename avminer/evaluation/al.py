@@ -511,10 +511,9 @@ def combine(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def plot(report: dict[str, Any], path: str | Path) -> Path:
     """PNG: mIoU vs labeled fraction per strategy, overall and per condition, full-pool line dashed."""
-    import matplotlib
+    from avminer.utils.plots import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     strategies = report["strategies"]
     conditions = sorted({c for s in strategies.values() for r in s["curve"] for c in r["miou_by_condition"]})
@@ -539,11 +538,7 @@ def plot(report: dict[str, Any], path: str | Path) -> Path:
     axes[0][0].set_ylabel("mIoU")
     axes[0][-1].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_png(fig, path, dpi=110)
 
 
 def load_frames(data: str | Path, eval_data: str | Path | None, cfg: ALConfig, limit: int | None = None) -> tuple[Any, Any]:

@@ -84,10 +84,9 @@ class MiningReport:
         """PNG grid of the mined frames, each beside its uncertainty map (None when nothing was mined)."""
         if not self.mined:
             return None
-        import matplotlib
+        from avminer.utils.plots import pyplot, save_png
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         n = len(self.mined)
         cols = min(columns, n)
@@ -104,8 +103,4 @@ class MiningReport:
             axes[r][2 * c + 1].set_title(f"MI {d.scores.get('mi', 0):.3f} · {'+'.join(d.reasons)}", fontsize=6)
         fig.suptitle("mined frames and their ensemble uncertainty (mutual information)", fontsize=9)
         fig.tight_layout()
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=110)
-        plt.close(fig)
-        return out
+        return save_png(fig, path, dpi=110)

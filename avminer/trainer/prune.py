@@ -284,10 +284,9 @@ def plot_layer_counts(report: LayerCounts, path: str | Path, title: str = "Learn
 
     With several members the learned bar is their mean and the whisker spans min..max.
     """
-    import matplotlib
+    from avminer.utils.plots import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     learned = np.asarray(report.learned, dtype=np.float64)  # [K, L]
@@ -305,11 +304,7 @@ def plot_layer_counts(report: LayerCounts, path: str | Path, title: str = "Learn
     ax.set_title(f"{title} (kept {100 * report.kept_fraction:.0f}%)")
     ax.legend()
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_png(fig, path, dpi=120)
 
 
 def zero_neurons(model: nn.Module, which: Iterable[tuple[int, int, int, int]]) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser("catalog", help="query the provenance catalog")
-    parser.add_argument("--catalog", help="catalog URL (sqlite:///path or postgresql://...); default from settings")
+    add_catalog_argument(parser)
     cs = parser.add_subparsers(dest="catalog_cmd", metavar="QUERY")
     cs.required = True
 
@@ -49,6 +49,11 @@ def register(sub: Any) -> None:
     show = cs.add_parser("show", help="everything the catalog knows about one sample")
     show.add_argument("sample_id")
     show.set_defaults(func=_show)
+
+
+def add_catalog_argument(parser: argparse.ArgumentParser) -> None:
+    """``--catalog URL``, read back by :func:`open_from_args`."""
+    parser.add_argument("--catalog", help="catalog URL (sqlite:///path or postgresql://...); default from settings")
 
 
 def open_from_args(args: argparse.Namespace) -> Any:

@@ -9,12 +9,14 @@ import signal
 import threading
 from typing import Any
 
+from avminer.cli.catalog import add_catalog_argument
+
 log = logging.getLogger(__name__)
 
 
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser("datasets", help="versioned datasets frozen from the catalog")
-    parser.add_argument("--catalog", help="catalog URL (sqlite:///path or postgresql://...); default from settings")
+    add_catalog_argument(parser)
     ds = parser.add_subparsers(dest="datasets_cmd", metavar="ACTION")
     ds.required = True
 

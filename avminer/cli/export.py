@@ -16,13 +16,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from avminer.cli.catalog import add_catalog_argument
+
 
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser("export", help="export mined frames to labeling tools")
     es = parser.add_subparsers(dest="export_cmd", metavar="TOOL")
     es.required = True
     ls = es.add_parser("labelstudio", help="Label Studio import file (tasks + brush pre-annotations)")
-    ls.add_argument("--catalog", help="catalog URL (sqlite:///path or postgresql://...); default from settings")
     ls.add_argument("--out", required=True, help="tasks JSON file to write")
     ls.add_argument("--config-out", help="also write the matching labeling configuration (XML)")
     _add_selection(ls)
@@ -31,13 +32,13 @@ def register(sub: Any) -> None:
     ls.set_defaults(func=_labelstudio)
 
     cv = es.add_parser("cvat", help="CVAT task: frames + 'Segmentation mask 1.1' pre-annotations")
-    cv.add_argument("--catalog", help="catalog URL (sqlite:///path or postgresql://...); default from settings")
     cv.add_argument("--out", required=True, help="directory: images/ for the task, annotations.zip to upload")
     _add_selection(cv)
     cv.set_defaults(func=_cvat)
 
 
 def _add_selection(parser: argparse.ArgumentParser) -> None:
+    add_catalog_argument(parser)
     parser.add_argument("--state", action="append", default=[],
                         help="only samples in this state (repeatable; default: requested)")
     parser.add_argument("--slice", action="append", default=[], help="slice pattern (repeatable)")

@@ -16,10 +16,12 @@ import signal
 import threading
 from typing import Any
 
+from avminer.cli.catalog import add_catalog_argument
+
 
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser("label", help="labels back: consumer, oracle, importers")
-    parser.add_argument("--catalog", help="catalog URL (sqlite:///path or postgresql://...); default from settings")
+    add_catalog_argument(parser)
     ls = parser.add_subparsers(dest="label_cmd", metavar="ACTION")
     ls.required = True
 

@@ -35,8 +35,7 @@ from numpy.typing import NDArray
 
 from avminer.errors import LabelError
 from avminer.events.records import LabelResult
-from avminer.labels.labelstudio import CLASS_COLOURS
-from avminer.labels.masks import CLASS_NAMES, VOID, decode_mask_png, encode_mask_png
+from avminer.labels.masks import CLASS_COLOURS, CLASS_NAMES, VOID, decode_mask_png, encode_mask_png
 from avminer.sinks.catalog import SampleRow
 
 BACKGROUND = "background"

@@ -36,16 +36,11 @@ from numpy.typing import NDArray
 from avminer.errors import LabelError
 from avminer.events.records import LabelResult
 from avminer.labels.brush_rle import decode_layer, encode_layer
-from avminer.labels.masks import CLASS_NAMES, VOID, decode_mask_png, encode_mask_png
+from avminer.labels.masks import CLASS_COLOURS, CLASS_NAMES, VOID, decode_mask_png, encode_mask_png
 from avminer.sinks.catalog import SampleRow
 
 FROM_NAME = "tag"
 TO_NAME = "image"
-# CamVid's own colours, so Label Studio looks like the dataset's label images.
-CLASS_COLOURS = (
-    "#808080", "#800000", "#C0C080", "#800080", "#3C2840", "#808000", "#C08080", "#404080", "#400080",
-    "#404000", "#0080C0",
-)
 
 
 def label_config(class_names: Sequence[str] = CLASS_NAMES) -> str:

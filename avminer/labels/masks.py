@@ -18,6 +18,11 @@ from avminer.errors import LabelError
 
 CLASS_NAMES: tuple[str, ...] = CAMVID_CLASSES
 NUM_CLASSES = len(CLASS_NAMES)
+# CamVid's own colours by class id, so labeling tools look like the dataset's label images.
+CLASS_COLOURS: tuple[str, ...] = (
+    "#808080", "#800000", "#C0C080", "#800080", "#3C2840", "#808000", "#C08080", "#404080", "#400080",
+    "#404000", "#0080C0",
+)
 VOID = CAMVID_VOID
 
 # Reasons a label result is refused (dead-letter ``reason`` header).

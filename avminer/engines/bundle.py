@@ -198,6 +198,11 @@ def add_file(bundle: Bundle, rel: str, content: bytes, manifest_updates: dict[st
     manifest["files"] = {**manifest["files"], rel: sha256_file(dest)}
     for key, value in (manifest_updates or {}).items():
         manifest[key] = {**manifest.get(key, {}), **value} if isinstance(value, dict) else value
+    return write_manifest(bundle, manifest)
+
+
+def write_manifest(bundle: Bundle, manifest: dict[str, Any]) -> Bundle:
+    """Replace a bundle's manifest atomically and load the bundle again (its checksums are verified)."""
     tmp = bundle.path / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
     os.replace(tmp, bundle.path / MANIFEST)

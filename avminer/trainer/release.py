@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -118,17 +117,6 @@ def require_input_multiple(input_hw: tuple[int, int], multiple: int = 8) -> None
 # -- release: TensorRT plans, upload and announce -------------------------------------------------------
 
 
-def _set_manifest_fields(bundle: Any, fields: dict[str, Any]) -> Any:
-    """Replace top-level manifest fields (not ``files``: the checksums stay as they are); atomic."""
-    from avminer.engines.bundle import MANIFEST, load_bundle
-
-    manifest = {**bundle.manifest, **fields}
-    tmp = bundle.path / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    os.replace(tmp, bundle.path / MANIFEST)
-    return load_bundle(bundle.path)
-
-
 def plan_skip_reason() -> str | None:
     """Why this machine cannot build TensorRT plans, or None when it can (a CUDA device and tensorrt)."""
     from avminer.utils.imports import is_cuda_available, is_tensorrt_available
@@ -151,7 +139,7 @@ def build_tensorrt_plans(bundle_path: str | Path, fp16: bool = True) -> dict[str
     Raises:
         EngineError: the build failed, or the plan disagrees with ONNX Runtime beyond its tolerance.
     """
-    from avminer.engines.bundle import load_bundle
+    from avminer.engines.bundle import load_bundle, write_manifest
 
     bundle = load_bundle(bundle_path)
     at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -173,7 +161,7 @@ def build_tensorrt_plans(bundle_path: str | Path, fp16: bool = True) -> dict[str
                       "parity": {k: v for k, v in parity.items() if isinstance(v, float)}}
             log.info("release %s: TensorRT plan %s built (%s), parity %s", bundle.version, key,
                      parity["precision"], record["parity"])
-    _set_manifest_fields(bundle, {"plan_build": record})
+    write_manifest(bundle, {**bundle.manifest, "plan_build": record})
     return record
 
 

@@ -1,6 +1,8 @@
 # avminer — the two things a newcomer runs:
-#   make run    mine the bundled sample drive with the starter model (embedded mode: no broker)
-#   make test   the test suite (starts its own Kafka-protocol broker and S3 server)
+#   make run    mine the bundled sample drive with the starter model (embedded mode: no broker) and
+#               write the HTML report (avminer-out/report/index.html)
+#   make test   the test suite (starts its own Kafka-protocol broker and S3 server; tools/test-services.sh
+#               first starts PostgreSQL and installs prometheus and chromium when missing)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -16,18 +18,21 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The 'sample' profile scales selection to a 48-frame log (printed by the command; refused with a broker).
 run: $(STAMP)
-	$(BIN)/avminer mine
+	$(BIN)/avminer mine --profile sample
 
 demo: $(STAMP)
 	$(BIN)/avminer demo
 
 # Full suite, slow tests included (crash loops, backlogs): what CI runs.
 test: $(STAMP)
+	tools/test-services.sh
 	$(BIN)/python -m pytest --runslow -q
 
 # Without the slow tests, for the edit-test loop.
 test-fast: $(STAMP)
+	tools/test-services.sh
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -1,9 +1,10 @@
 """``avminer demo``: mine the bundled sample drive with the starter model and show what was found.
 
 The sample drive is small (tens of frames), so the production target rate (``selection.target_rate``,
-1/1000) would mine nothing; the demo uses its own defaults — ``--target-rate 0.1`` (the per-condition
-``selection.slice_rates`` scaled by the same factor), a short selection warm-up and no camera
-cooldown — and prints them. Everything else comes from the usual settings.
+1/1000) would mine nothing; the demo applies the ``sample`` profile (:mod:`avminer.mining.profiles`) —
+``--target-rate 0.1`` (the per-condition ``selection.slice_rates`` scaled by the same factor), a short
+selection warm-up and no camera cooldown — and prints it. Everything else comes from the usual
+settings. It writes the HTML report (``OUT/report/index.html``) and a contact sheet.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-DEMO_TARGET_RATE = 0.1
-DEMO_WARMUP_FRAMES = 8
+from avminer.mining.profiles import SAMPLE_TARGET_RATE as DEMO_TARGET_RATE
+from avminer.mining.profiles import SAMPLE_WARMUP_FRAMES as DEMO_WARMUP_FRAMES
 
 
 def register(sub: Any) -> None:
@@ -35,34 +36,31 @@ def register(sub: Any) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from avminer.config import load_settings
     from avminer.mining.daemon import run_miner, sample_drive_path
+    from avminer.mining.profiles import SAMPLE, describe, sample_selection
     from avminer.mining.report import MiningReport
+    from avminer.report.build import write_run_report
 
     out = Path(args.out)
     base = load_settings(args.config).selection
-    # Rare-condition overrides (selection.slice_rates) keep their ratio to the target rate.
-    scale = args.target_rate / base.target_rate
-    slice_rates = {k: min(1.0, v * scale) for k, v in base.slice_rates.items()}
     overrides: dict[str, Any] = {
         "kafka": {"bootstrap_servers": None},  # the demo is always embedded
         "sinks": {"output_dir": str(out), "catalog_url": f"sqlite:///{(out / 'catalog.db').resolve()}"},
-        "selection": {"target_rate": args.target_rate, "slice_rates": slice_rates, "warmup_frames": args.warmup_frames,
-                      "camera_cooldown_s": 0.0, "fleet_sketches": False},
+        "selection": sample_selection(base, args.target_rate, args.warmup_frames),
         "metrics": {"port": 0},
     }
     settings = load_settings(args.config, overrides=overrides)
     drive = Path(args.drive_log) if args.drive_log else sample_drive_path()
     print(f"avminer demo: mining {drive} with the {'configured' if settings.engine.bundle else 'starter'} model")
-    print(f"  demo selection settings: target_rate={settings.selection.target_rate} "
-          f"slice_rates={ {k: round(v, 3) for k, v in slice_rates.items()} } "
-          f"warmup_frames={settings.selection.warmup_frames} camera_cooldown_s=0 "
-          f"(production default target_rate is 0.001; a {drive.name} this small would mine nothing)")
+    print(f"  {describe(settings, SAMPLE)}")
     report = MiningReport()
     stats = run_miner(settings, drive_log=drive, on_decided=report.add, handle_signals=True, serve_metrics=False)
     print()
     print(report.render())
     sheet = report.contact_sheet(out / "contact_sheet.png")
+    page = write_run_report(settings)
     print()
     print(f"{stats.frames} frames in {stats.wall_s:.1f}s; {stats.dead_letters} dead letters")
     print(f"outputs: {out}/ (requests.jsonl, decisions.jsonl, frames/, catalog.db)")
     print(f"contact sheet: {sheet}" if sheet else "contact sheet: nothing mined, none written")
+    print(f"report: {page}  (open it in a browser)")
     return 0

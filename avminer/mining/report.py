@@ -7,6 +7,7 @@ decisions plus, for mined frames only, the frame and its uncertainty map. ``avmi
 
 from __future__ import annotations
 
+import heapq
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -28,49 +29,68 @@ class _Mined:
 class MiningReport:
     """Collects decisions of a run (thread-safe: the pipeline calls :meth:`add` from its scoring thread).
 
+    It keeps counters and the few highest-scoring decisions per score, not every decision, so a long
+    embedded run (``avminer mine --repeat``) can print its summary too.
+
     Args:
         keep_mined: mined frames kept with their images for the contact sheet (the highest priority win).
+        keep_top: decisions kept per score for the "top scores" lists (``render(top=...)`` shows at most these).
     """
 
-    def __init__(self, keep_mined: int = 24) -> None:
+    SCORE_KEYS = ("mi", "shift", "radar")
+
+    def __init__(self, keep_mined: int = 24, keep_top: int = 20) -> None:
         self.keep_mined = keep_mined
-        self.decisions: list[Decision] = []
+        self.keep_top = keep_top
+        self.frames = 0
+        self.per_slice: Counter[str] = Counter()
+        self.mined_per_slice: Counter[str] = Counter()
+        self.reasons: Counter[str] = Counter()
+        self.versions: set[str] = set()
         self.rejected: Counter[str] = Counter()
+        self.top: dict[str, list[tuple[float, int, Decision]]] = {k: [] for k in self.SCORE_KEYS}  # min-heaps
         self.mined: list[_Mined] = []
         self._lock = threading.Lock()
 
     def add(self, batch: list[DecidedFrame]) -> None:
         with self._lock:
             for d in batch:
-                self.decisions.append(d.decision)
+                dec = d.decision
+                self.frames += 1
+                self.per_slice[dec.slice] += 1
+                self.versions.add(dec.model_version)
+                for key, heap in self.top.items():
+                    item = (dec.scores.get(key, 0.0), -self.frames, dec)  # ties: the earlier frame ranks first
+                    if len(heap) < self.keep_top:
+                        heapq.heappush(heap, item)
+                    elif item[:2] > heap[0][:2]:
+                        heapq.heapreplace(heap, item)
                 if d.rejected:
                     self.rejected[d.rejected] += 1
-                if d.decision.mined:
-                    self.mined.append(_Mined(d.decision, d.image, np.asarray(d.score.uncertainty_map, np.float32)))
+                if dec.mined:
+                    self.mined_per_slice[dec.slice] += 1
+                    self.reasons.update(dec.reasons)
+                    self.mined.append(_Mined(dec, d.image, np.asarray(d.score.uncertainty_map, np.float32)))
             if len(self.mined) > self.keep_mined:
                 self.mined.sort(key=lambda m: -m.decision.scores.get("mi", 0.0))
                 del self.mined[self.keep_mined:]
 
     def render(self, top: int = 5) -> str:
         """The text report: frames, mined per condition slice and per reason, top scores."""
-        ds = self.decisions
-        mined = [d for d in ds if d.mined]
-        lines = [f"frames decided: {len(ds)}    mined: {len(mined)} ({len(mined) / max(1, len(ds)):.1%})"]
-        versions = sorted({d.model_version for d in ds})
-        lines.append(f"model version(s): {', '.join(versions) or '-'}")
-        per_slice = Counter(d.slice for d in ds)
-        mined_slice = Counter(d.slice for d in mined)
+        n_mined = sum(self.mined_per_slice.values())
+        lines = [f"frames decided: {self.frames}    mined: {n_mined} ({n_mined / max(1, self.frames):.1%})"]
+        lines.append(f"model version(s): {', '.join(sorted(self.versions)) or '-'}")
         lines.append("")
         lines.append(f"{'condition slice':36s} {'frames':>7s} {'mined':>6s}")
-        for s, n in sorted(per_slice.items()):
-            lines.append(f"{s:36s} {n:7d} {mined_slice.get(s, 0):6d}")
-        reasons = Counter(r for d in mined for r in d.reasons)
+        for s, n in sorted(self.per_slice.items()):
+            lines.append(f"{s:36s} {n:7d} {self.mined_per_slice.get(s, 0):6d}")
         lines.append("")
-        lines.append("mined by reason: " + (", ".join(f"{r}={n}" for r, n in reasons.most_common()) or "none"))
+        lines.append("mined by reason: "
+                     + (", ".join(f"{r}={n}" for r, n in self.reasons.most_common()) or "none"))
         if self.rejected:
             lines.append("not mined: " + ", ".join(f"{r}={n}" for r, n in self.rejected.most_common()))
-        for key in ("mi", "shift", "radar"):
-            ranked = sorted(ds, key=lambda d, k=key: -d.scores.get(k, 0.0))[:top]  # type: ignore[misc]
+        for key, heap in self.top.items():
+            ranked = [d for _, _, d in sorted(heap, key=lambda item: item[:2], reverse=True)][:top]
             if not ranked or ranked[0].scores.get(key, 0.0) <= 0:
                 continue
             lines.append("")

@@ -104,6 +104,7 @@ def test_demo_prints_a_report_and_writes_a_contact_sheet(tmp_path: Path, starter
     assert "mined by reason" in done.stdout
     sheet = tmp_path / "demo" / "contact_sheet.png"
     assert sheet.is_file() and sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "demo" / "report" / "index.html").is_file()
 
 
 def test_bench_pipeline_prints_one_json_object(tmp_path: Path, starter_bundle: Path) -> None:

@@ -37,6 +37,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check avminer tests tools
+	$(BIN)/lint-imports
 	$(BIN)/ruff format --check avminer tests tools || true
 
 typecheck: $(STAMP)

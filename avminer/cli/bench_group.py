@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from avminer.cli.main import discover
+from avminer.cli import discover
 
 
 def register(sub: Any) -> None:

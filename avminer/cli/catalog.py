@@ -58,9 +58,9 @@ def add_catalog_argument(parser: argparse.ArgumentParser) -> None:
 
 def open_from_args(args: argparse.Namespace) -> Any:
     """The catalog named by ``--catalog``, else by the settings (shared by the label/export commands)."""
+    from avminer.catalog import default_catalog_url
+    from avminer.catalog.catalog import open_catalog
     from avminer.config import load_settings
-    from avminer.sinks import default_catalog_url
-    from avminer.sinks.catalog import open_catalog
 
     url = getattr(args, "catalog", None) or default_catalog_url(load_settings(args.config))
     return open_catalog(url)
@@ -73,7 +73,7 @@ def _when(us: int | None) -> str:
 
 
 def _mined(args: argparse.Namespace) -> int:
-    from avminer.sinks.catalog import parse_time_us
+    from avminer.catalog.catalog import parse_time_us
 
     with open_from_args(args) as catalog:
         rows = catalog.query_samples(

@@ -17,7 +17,7 @@ def register(sub: Any) -> None:
         description=(
             "Write every manifest row (any split) as camera frames plus simulated radar scans, in time "
             "order, to a drive log, and the labels to its ground-truth side file <stem>.gt.avro. "
-            "Condition variants use documented physical models (see avminer.datasets.camvid); their "
+            "Condition variants use documented physical models (see avminer.datasets.conditions); their "
             "parameters go into each frame's metadata."
         ),
     )
@@ -40,7 +40,7 @@ def register(sub: Any) -> None:
 def _camvid(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from avminer.datasets import camvid
+    from avminer.datasets import drive, layout
     from avminer.errors import DatasetError
 
     if args.limit is not None and args.limit < 1:
@@ -49,15 +49,15 @@ def _camvid(args: argparse.Namespace) -> int:
         raise DatasetError(f"--fog BETA must be >= 0 (1/m), got {args.fog}")
     if not 1 <= args.quality <= 100:
         raise DatasetError(f"--quality must be in 1..100, got {args.quality}")
-    rows = camvid.read_layout(args.directory)
-    classes, void = camvid.read_classes(args.directory)
-    rows = camvid.select_rows(rows, sequences=args.sequences, limit=args.limit, night=args.night)
-    options = camvid.DriveOptions(
+    rows = layout.read_layout(args.directory)
+    classes, void = layout.read_classes(args.directory)
+    rows = drive.select_rows(rows, sequences=args.sequences, limit=args.limit, night=args.night)
+    options = drive.DriveOptions(
         fog_beta=args.fog, fog_airlight=args.airlight, night=args.night, region=args.region, seed=args.seed,
         jpeg_quality=args.quality,
     )
     with tqdm(total=len(rows), unit="frame", file=sys.stderr, disable=args.no_progress or None) as bar:
-        summary = camvid.write_drive(
+        summary = drive.write_drive(
             rows, args.out, options, classes=classes, void=void, source=f"camvid:{args.directory}",
             progress=bar.update,
         )

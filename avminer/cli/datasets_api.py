@@ -35,9 +35,9 @@ def register(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from avminer.catalog.api import DatasetsServer
     from avminer.cli.catalog import open_from_args
     from avminer.config import load_settings
-    from avminer.sinks.api import DatasetsServer
 
     settings = load_settings(args.config)
     host = args.host or settings.sinks.api_address
@@ -57,9 +57,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _freeze(args: argparse.Namespace) -> int:
+    from avminer.catalog.catalog import DatasetQuery
     from avminer.cli.catalog import open_from_args
     from avminer.errors import CatalogError
-    from avminer.sinks.catalog import DatasetQuery
 
     try:
         data = json.loads(args.query)

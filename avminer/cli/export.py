@@ -47,7 +47,7 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
 
 
 def _selected(args: argparse.Namespace, catalog: Any) -> list[Any]:
-    from avminer.sinks.catalog import parse_time_us
+    from avminer.catalog.catalog import parse_time_us
 
     return list(catalog.query_samples(
         slices=args.slice, since_us=parse_time_us(args.since) if args.since else None,
@@ -59,7 +59,7 @@ def _cvat(args: argparse.Namespace) -> int:
     from avminer.cli.catalog import open_from_args
     from avminer.config import load_settings
     from avminer.labels.cvat import export_task
-    from avminer.sinks import open_reader
+    from avminer.storage import open_reader
 
     settings = load_settings(args.config)
     with open_from_args(args) as catalog:
@@ -74,12 +74,12 @@ def _labelstudio(args: argparse.Namespace) -> int:
     from avminer.cli.catalog import open_from_args
     from avminer.config import load_settings
     from avminer.labels.labelstudio import ImageUrls, export_tasks, label_config
-    from avminer.sinks import open_reader
+    from avminer.storage import open_reader
 
     settings = load_settings(args.config)
     presign = None
     if args.presign:
-        from avminer.sinks.s3 import S3FrameStore
+        from avminer.storage.s3 import S3FrameStore
 
         store = S3FrameStore.from_settings(settings.sinks.s3, create_bucket=False)
         ttl = int(args.presign)

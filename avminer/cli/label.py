@@ -58,7 +58,7 @@ def _stop_on_signals() -> threading.Event:
 def _applier(args: argparse.Namespace, catalog: Any) -> Any:
     from avminer.config import load_settings
     from avminer.labels.consumer import LabelApplier
-    from avminer.sinks import open_frame_store
+    from avminer.storage import open_frame_store
 
     settings = load_settings(args.config)
     return settings, LabelApplier(catalog, open_frame_store(settings))

@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
-import pkgutil
 import sys
 from collections.abc import Sequence
-from types import ModuleType
 
 from avminer import __version__
+from avminer.cli import discover
 from avminer.errors import AvminerError
 
 log = logging.getLogger("avminer")
-
-
-def discover(package: str) -> list[ModuleType]:
-    """Import every command module of ``package`` that defines ``register``, sorted by name."""
-    pkg = importlib.import_module(package)
-    modules = []
-    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
-        if info.name.startswith("_") or info.name == "main":
-            continue
-        module = importlib.import_module(f"{package}.{info.name}")
-        if hasattr(module, "register"):
-            modules.append(module)
-    return modules
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,11 +35,11 @@ def register(sub: Any) -> None:
 
 
 def _mine(args: argparse.Namespace) -> int:
+    from avminer.catalog import default_catalog_url
     from avminer.config import load_settings
     from avminer.mining.daemon import run_miner
     from avminer.mining.profiles import check_embedded, describe, profile_overrides
     from avminer.mining.report import MiningReport
-    from avminer.sinks import default_catalog_url
 
     overrides: dict[str, Any] = {}
     if args.output:

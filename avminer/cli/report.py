@@ -49,11 +49,11 @@ def register(sub: Any) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from avminer.catalog import default_catalog_url
+    from avminer.catalog.catalog import open_catalog
     from avminer.config import load_settings
     from avminer.mining.profiles import profile_overrides
     from avminer.report.build import write_report
-    from avminer.sinks import default_catalog_url
-    from avminer.sinks.catalog import open_catalog
 
     overrides: dict[str, Any] = {"sinks": {"output_dir": args.run}} if args.run else {}
     if args.profile:

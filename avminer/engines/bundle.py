@@ -18,7 +18,6 @@ whose bytes differ (one flipped byte is enough) with a :class:`~avminer.errors.B
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from avminer.errors import BundleError
+from avminer.storage.bundles import MANIFEST, sha256_file
 
 FORMAT = "avminer-bundle/1"
-MANIFEST = "manifest.json"
 ONNX_FILE = "model.onnx"
 TORCH_FILE = "model.pt"
 REFERENCE_FILE = "reference_stats.npz"
@@ -39,15 +38,6 @@ OUTPUT_PROBS = "probs"
 OUTPUT_FEATURES = "features"
 
 _REQUIRED = ("format", "version", "members", "input", "classes", "void_index", "feature_dim", "files")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

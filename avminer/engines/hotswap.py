@@ -18,7 +18,6 @@ says why.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import shutil
@@ -29,16 +28,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 import numpy as np
 
 from avminer.config import S3Settings, Settings
 from avminer.engines.base import Engine, EngineOutput, check_outputs, resize_batch
-from avminer.engines.bundle import MANIFEST, Bundle, load_bundle, sha256_file
+from avminer.engines.bundle import Bundle, load_bundle
 from avminer.errors import BundleError, EngineError
 from avminer.events.records import ModelRelease
 from avminer.metrics import MODEL_INFO, MODEL_SWAPS
+from avminer.storage.bundles import MANIFEST, download_bundle, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -326,12 +326,7 @@ def fetch_bundle(
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder}.", dir=root))
     try:
-        if parsed.scheme == "s3":
-            _download_s3(parsed.netloc, parsed.path.lstrip("/"), tmp, client or _client(s3), manifest_sha256, uri)
-        elif parsed.scheme in ("", "file"):
-            _copy_local(Path(unquote(parsed.path)) if parsed.scheme else Path(uri), tmp, manifest_sha256)
-        else:
-            raise BundleError(f"cannot fetch bundle {uri!r}: use s3://bucket/prefix/, file:///dir or a path")
+        download_bundle(uri, tmp, s3=s3, client=client, manifest_sha256=manifest_sha256)
         load_bundle(tmp)  # every checksum, before it is visible under its name
         if dest.exists():
             shutil.rmtree(dest)
@@ -356,57 +351,3 @@ def _cached(dest: Path, manifest_sha256: str | None) -> Bundle | None:
         return None
 
 
-def _check_manifest_sha(path: Path, expected: str | None, where: str) -> list[str]:
-    if expected and (actual := sha256_file(path)) != expected:
-        raise BundleError(
-            f"{where}: manifest.json sha256 {actual[:12]}… differs from the release's {expected[:12]}…; "
-            "the release announcement and the uploaded bundle disagree"
-        )
-    try:
-        files = json.loads(path.read_text())["files"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BundleError(f"{where}: manifest.json is not a bundle manifest ({exc})") from exc
-    for rel in files:
-        if rel.startswith("/") or ".." in Path(rel).parts:
-            raise BundleError(f"{where}: manifest names a file outside the bundle: {rel!r}")
-    return list(files)
-
-
-def _client(s3: S3Settings | None) -> Any:
-    from avminer.sinks.s3 import make_client
-
-    return make_client(s3 or S3Settings())
-
-
-def _download_s3(bucket: str, prefix: str, dest: Path, client: Any, manifest_sha256: str | None, uri: str) -> None:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
-    try:
-        listed: set[str] = set()
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            listed.update(obj["Key"][len(prefix):] for obj in page.get("Contents", []))
-        if MANIFEST not in listed:
-            raise BundleError(f"{uri}: no {MANIFEST} under this prefix; is the release uploaded?")
-        client.download_file(bucket, prefix + MANIFEST, str(dest / MANIFEST))
-        files = _check_manifest_sha(dest / MANIFEST, manifest_sha256, uri)
-        missing = sorted(set(files) - listed)
-        if missing:
-            raise BundleError(f"{uri}: files named in the manifest are not uploaded: {', '.join(missing)}")
-        for rel in files:
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, prefix + rel, str(dest / rel))
-    except (BotoCoreError, ClientError) as exc:
-        raise EngineError(f"cannot download bundle {uri}: {exc}") from exc
-
-
-def _copy_local(src: Path, dest: Path, manifest_sha256: str | None) -> None:
-    if not (src / MANIFEST).is_file():
-        raise BundleError(f"{src}: no {MANIFEST}; not a model bundle")
-    shutil.copyfile(src / MANIFEST, dest / MANIFEST)
-    for rel in _check_manifest_sha(dest / MANIFEST, manifest_sha256, str(src)):
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            shutil.copyfile(src / rel, dest / rel)
-        except FileNotFoundError:
-            raise BundleError(f"{src}: file {rel} listed in the manifest is missing") from None

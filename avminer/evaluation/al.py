@@ -218,7 +218,8 @@ class Simulation:
         return train_ensemble(model, frames, tc, work_dir=None).model
 
     def _evaluate(self, model: Any) -> tuple[float, dict[str, float]]:
-        from avminer.trainer.train import confusion, metrics_from_confusion, predict
+        from avminer.taxonomy import confusion
+        from avminer.trainer.train import metrics_from_confusion, predict
 
         cms: dict[str, Any] = {}
         for index, probs, _ in predict(model, self.held_out, 16):

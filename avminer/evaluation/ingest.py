@@ -330,7 +330,7 @@ def _broker(bootstrap: str | None, workdir: Path | None) -> Iterator[tuple[str, 
         return
     import tempfile
 
-    from avminer.testing.broker import running_tansu
+    from avminer.evaluation.broker import running_tansu
 
     with tempfile.TemporaryDirectory(prefix="avminer-ingest-") as tmp, running_tansu(workdir or Path(tmp)) as broker:
         yield broker.bootstrap, f"tansu (memory storage) started on {broker.bootstrap}"

@@ -9,7 +9,7 @@ figure in one place means the same thing as in another.
   7 groups through the declared mapping: a group's probability is the sum of its classes' probabilities.
 - A frame's *condition* is ``location/time_of_day`` (plus ``/weather`` when not clear). Fog and night
   variants of the clear day frames are made on request by the dataset tools' own models
-  (:func:`avminer.datasets.camvid.apply_fog`, :func:`~avminer.datasets.camvid.apply_night`) and form
+  (:func:`avminer.datasets.conditions.apply_fog`, :func:`~avminer.datasets.conditions.apply_night`) and form
   conditions of their own (``cambridge_uk/fog0.02``, ``cambridge_uk/night``).
 - Besides each condition's mIoU in its own taxonomy, every condition is also scored in one *common*
   taxonomy (IDD's 7 level-1 groups by default), so that conditions labeled in different schemes can be
@@ -146,7 +146,8 @@ def load_eval_slices(
     Raises:
         DatasetError: a folder is unreadable, its classes match no declared taxonomy, or nothing is left.
     """
-    from avminer.datasets.camvid import apply_fog, apply_night, read_classes, read_layout
+    from avminer.datasets.conditions import apply_fog, apply_night
+    from avminer.datasets.layout import read_classes, read_layout
     from avminer.taxonomy import TaxonomyError
     from avminer.trainer.data import load_camvid
 

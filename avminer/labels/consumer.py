@@ -20,13 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from avminer.catalog.catalog import Catalog
 from avminer.config import Settings
 from avminer.errors import CatalogError, EventDecodeError, SinkError, SinkUnavailableError
 from avminer.events.records import LabelResult
 from avminer.labels.masks import InvalidLabelError, encode_mask_png, image_size, validate_mask
 from avminer.metrics import DEAD_LETTERS, LABELS_BACK
-from avminer.sinks.base import MASK, FrameStore, retry_until_available
-from avminer.sinks.catalog import Catalog
+from avminer.sinks.base import retry_until_available
+from avminer.storage.base import MASK, FrameStore
 
 log = logging.getLogger(__name__)
 

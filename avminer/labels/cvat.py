@@ -33,10 +33,10 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from numpy.typing import NDArray
 
+from avminer.catalog.catalog import SampleRow
 from avminer.errors import LabelError
 from avminer.events.records import LabelResult
 from avminer.labels.masks import CLASS_COLOURS, CLASS_NAMES, VOID, decode_mask_png, encode_mask_png
-from avminer.sinks.catalog import SampleRow
 
 BACKGROUND = "background"
 LABELMAP = "labelmap.txt"

@@ -33,11 +33,11 @@ from urllib.parse import quote
 import numpy as np
 from numpy.typing import NDArray
 
+from avminer.catalog.catalog import SampleRow
 from avminer.errors import LabelError
 from avminer.events.records import LabelResult
 from avminer.labels.brush_rle import decode_layer, encode_layer
 from avminer.labels.masks import CLASS_COLOURS, CLASS_NAMES, VOID, decode_mask_png, encode_mask_png
-from avminer.sinks.catalog import SampleRow
 
 FROM_NAME = "tag"
 TO_NAME = "image"
@@ -76,7 +76,7 @@ class ImageUrls:
         if uri.startswith("s3://") and self.presign is not None:
             return self.presign(uri)
         if uri.startswith("file://") and self.local_files_root is not None:
-            from avminer.sinks.local import path_of_file_uri
+            from avminer.storage.local import path_of_file_uri
 
             path = path_of_file_uri(uri)
             try:

@@ -8,27 +8,26 @@ dead-letter header) and a message that says what was wrong.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 from numpy.typing import NDArray
 
-from avminer.datasets.camvid import CAMVID_CLASSES, CAMVID_VOID
+from avminer import images
 from avminer.errors import LabelError
+from avminer.taxonomy import CAMVID
 
-CLASS_NAMES: tuple[str, ...] = CAMVID_CLASSES
+CLASS_NAMES: tuple[str, ...] = CAMVID.classes
 NUM_CLASSES = len(CLASS_NAMES)
 # CamVid's own colours by class id, so labeling tools look like the dataset's label images.
 CLASS_COLOURS: tuple[str, ...] = (
     "#808080", "#800000", "#C0C080", "#800080", "#3C2840", "#808000", "#C08080", "#404080", "#400080",
     "#404000", "#0080C0",
 )
-VOID = CAMVID_VOID
+VOID = CAMVID.void
 
 # Reasons a label result is refused (dead-letter ``reason`` header).
 REASONS = (
-    "undecodable_event", "no_mask", "mask_unreadable", "mask_not_png", "mask_not_class_ids",
-    "mask_size_mismatch", "class_out_of_range", "unknown_sample", "frame_size_unknown",
+    "undecodable_event", "no_mask", "mask_unreadable", images.MASK_NOT_PNG, images.MASK_NOT_CLASS_IDS,
+    "mask_size_mismatch", images.CLASS_OUT_OF_RANGE, "unknown_sample", "frame_size_unknown",
 )
 
 
@@ -41,29 +40,16 @@ class InvalidLabelError(LabelError):
 
 
 def decode_mask_png(data: bytes) -> NDArray[np.uint8]:
-    """PNG bytes → class-id array ``[H, W]`` uint8 (no range check; see :func:`validate_mask`)."""
-    from PIL import Image, UnidentifiedImageError
+    """PNG bytes → class-id array ``[H, W]`` uint8 (:func:`avminer.images.decode_mask`; no range check,
+    see :func:`validate_mask`).
 
-    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
-        raise InvalidLabelError("mask_not_png", "the mask is not a PNG (bad signature); send a PNG of class ids")
+    Raises:
+        InvalidLabelError: not a one-channel PNG of class ids; ``reason`` says which.
+    """
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            mode = img.mode
-            arr = np.asarray(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise InvalidLabelError("mask_not_png", f"the mask PNG does not decode: {exc}") from exc
-    if mode not in ("L", "P", "I", "I;16", "1") or arr.ndim != 2:
-        raise InvalidLabelError(
-            "mask_not_class_ids",
-            f"the mask PNG has mode {mode} ({arr.shape}); it must be one channel of class ids (mode L or P)",
-        )
-    if arr.dtype != np.uint8:
-        if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 255):
-            raise InvalidLabelError("class_out_of_range", f"mask values span {arr.min()}..{arr.max()}; "
-                                    f"class ids are 0..{NUM_CLASSES - 1} and void {VOID}")
-        arr = arr.astype(np.uint8)
-    return np.ascontiguousarray(arr)
+        return images.decode_mask(data)
+    except images.ImageDecodeError as exc:
+        raise InvalidLabelError(exc.reason, str(exc)) from exc
 
 
 def validate_mask(data: bytes, width: int, height: int) -> NDArray[np.uint8]:
@@ -91,21 +77,14 @@ def validate_mask(data: bytes, width: int, height: int) -> NDArray[np.uint8]:
 
 def encode_mask_png(mask: NDArray[np.uint8]) -> bytes:
     """Class-id array ``[H, W]`` → canonical greyscale PNG (same mask, same bytes, same content key)."""
-    from PIL import Image
-
     if mask.ndim != 2:
         raise LabelError(f"a mask is 2-D [H, W], got shape {mask.shape}")
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8), mode="L").save(buf, format="PNG", optimize=False)
-    return buf.getvalue()
+    return images.encode_mask(mask)
 
 
 def image_size(data: bytes) -> tuple[int, int]:
     """(width, height) of an encoded image, reading only its header."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            return int(img.width), int(img.height)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise LabelError(f"cannot read the frame's size: {exc}") from exc
+        return images.image_size(data)
+    except images.ImageDecodeError as exc:
+        raise LabelError(str(exc)) from exc

@@ -44,7 +44,7 @@ def sample_drive_path() -> Path:
 
 def catalog_url(settings: Settings) -> str:
     """``sinks.catalog_url``, else a SQLite file in the output directory (:func:`avminer.sinks.default_catalog_url`)."""
-    from avminer.sinks import default_catalog_url
+    from avminer.catalog import default_catalog_url
 
     return default_catalog_url(settings)
 
@@ -73,9 +73,10 @@ class _Parts:
 
 
 def _open_parts(settings: Settings, drive_log: str | Path | None, frames: int | None, repeat: bool) -> _Parts:
+    from avminer.catalog.catalog import open_catalog
     from avminer.sinks.base import MinedSampleWriter
-    from avminer.sinks.catalog import open_catalog
-    from avminer.sinks.local import LocalDecisionSink, LocalFrameStore, LocalRequestSink
+    from avminer.sinks.local import LocalDecisionSink, LocalRequestSink
+    from avminer.storage.local import LocalFrameStore
 
     out = Path(settings.sinks.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
@@ -84,7 +85,7 @@ def _open_parts(settings: Settings, drive_log: str | Path | None, frames: int | 
     closers.append(catalog.close)
     store: Any
     if settings.sinks.s3.endpoint_url:
-        from avminer.sinks.s3 import S3FrameStore
+        from avminer.storage.s3 import S3FrameStore
 
         store = S3FrameStore.from_settings(settings.sinks.s3)
     else:

@@ -5,19 +5,20 @@ Anything that cannot become a frame the engine can run on is *poison*: it raises
 the dead-letter topic instead of stopping. Size limits are checked on the encoded bytes and on the
 image header *before* decoding, so a hostile 60 000 x 60 000 JPEG costs nothing.
 
-JPEGs are decoded with simplejpeg (libjpeg-turbo, GIL released); when the engine's input is at most
-half the frame's size the decoder scales down by itself (DCT scaling), which is both faster and what
-the final resize would do anyway. Other encodings go through Pillow.
+Images go through the one decoder, :func:`avminer.images.decode_image`: JPEGs with simplejpeg
+(libjpeg-turbo, GIL released); when the engine's input is at most half the frame's size the decoder
+scales down by itself (DCT scaling), which is both faster and what the final resize would do anyway.
+Other encodings go through Pillow.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from avminer import images
 from avminer.config import DecodeSettings
 from avminer.errors import DecodeError, EventDecodeError
 from avminer.events.records import CameraFrame, RadarScan
@@ -26,8 +27,8 @@ from avminer.sources.base import SourceMessage
 UNDECODABLE = "undecodable_event"
 UNKNOWN_SCHEMA = "unknown_schema"
 UNEXPECTED_RECORD = "unexpected_record"
-CORRUPT_IMAGE = "corrupt_image"
-OVERSIZE_IMAGE = "oversize_image"
+CORRUPT_IMAGE = images.CORRUPT_IMAGE
+OVERSIZE_IMAGE = images.OVERSIZE_IMAGE
 MISSING_IMAGE = "missing_image"
 REASONS = (UNDECODABLE, UNKNOWN_SCHEMA, UNEXPECTED_RECORD, CORRUPT_IMAGE, OVERSIZE_IMAGE, MISSING_IMAGE)
 """Dead-letter reasons (the ``reason`` header and the ``avminer_dead_letters_total`` label)."""
@@ -98,58 +99,18 @@ def decode_image(
 ) -> np.ndarray:
     """Decode an encoded frame to uint8 RGB ``[H, W, 3]``, resized to ``target_hw`` when given.
 
+    The decoder is :func:`avminer.images.decode_image` with ``decode.max_bytes`` / ``decode.max_pixels``.
+
     Raises:
         PoisonError: bytes or pixels over the limits (``oversize_image``), or a corrupt image.
     """
-    if len(data) > limits.max_bytes:
-        raise PoisonError(OVERSIZE_IMAGE, f"{len(data)} encoded bytes > decode.max_bytes={limits.max_bytes}")
-    if data[:2] == b"\xff\xd8":
-        img = _decode_jpeg(data, limits, target_hw)
-    else:
-        img = _decode_pillow(data, limits, encoding)
+    try:
+        img = images.decode_image(data, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels,
+                                  min_hw=target_hw, encoding=encoding)
+    except images.ImageDecodeError as exc:
+        raise PoisonError(exc.reason, str(exc)) from exc
     if target_hw is not None and img.shape[:2] != target_hw:
         from avminer.engines.base import resize_batch
 
         img = resize_batch([img], target_hw[0], target_hw[1])[0]
     return img
-
-
-def _check_pixels(h: int, w: int, limits: DecodeSettings) -> None:
-    if h <= 0 or w <= 0:
-        raise PoisonError(CORRUPT_IMAGE, f"image header says {w}x{h}")
-    if h * w > limits.max_pixels:
-        raise PoisonError(OVERSIZE_IMAGE, f"{w}x{h} = {w * h} pixels > decode.max_pixels={limits.max_pixels}")
-
-
-def _decode_jpeg(data: bytes, limits: DecodeSettings, target_hw: tuple[int, int] | None) -> np.ndarray:
-    import simplejpeg
-
-    try:
-        h, w, _, _ = simplejpeg.decode_jpeg_header(data)
-    except ValueError as exc:
-        raise PoisonError(CORRUPT_IMAGE, f"JPEG header: {exc}") from exc
-    _check_pixels(h, w, limits)
-    kwargs = {}
-    if target_hw is not None:
-        # Let libjpeg-turbo scale down during the IDCT (1/2, 1/4, 1/8) to at least the target size.
-        kwargs = {"min_height": target_hw[0], "min_width": target_hw[1]}
-    try:
-        img = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, **kwargs)
-    except ValueError as exc:
-        raise PoisonError(CORRUPT_IMAGE, f"JPEG data: {exc}") from exc
-    return np.asarray(img)
-
-
-def _decode_pillow(data: bytes, limits: DecodeSettings, encoding: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size  # header only: the pixels are not decoded yet
-            _check_pixels(h, w, limits)
-            rgb = im.convert("RGB")  # decodes; truncated or corrupt data raises here
-    except PoisonError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise PoisonError(CORRUPT_IMAGE, f"{encoding} image: {exc}") from exc
-    return np.asarray(rgb)

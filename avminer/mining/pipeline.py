@@ -743,13 +743,14 @@ def default_scorer_factory(settings: Settings) -> Callable[[Any], Any]:
     """Build a :class:`~avminer.scoring.scorer.Scorer` from an engine's bundle (classes, reference stats)."""
 
     def build(engine: Any) -> Any:
+        from avminer.mining.score_metrics import export_scores
         from avminer.scoring.scorer import Scorer
         from avminer.scoring.shift import ShiftReference
 
         bundle = engine.bundle
         ref_path = getattr(bundle, "reference_path", None)
         reference = ShiftReference.load(ref_path) if ref_path is not None else None
-        return Scorer(settings.scoring, list(bundle.classes), reference)
+        return Scorer(settings.scoring, list(bundle.classes), reference, observer=export_scores)
 
     return build
 

@@ -40,13 +40,14 @@ import math
 from typing import Any
 
 from avminer.errors import TrainerError
+from avminer.taxonomy import CAMVID
 
 FAMILY = "erfnet"
 ARCH_VERSION = 1
 # ImageNet statistics in 0..255 units; the net normalises inside the graph so engines feed raw pixels.
 DEFAULT_MEAN = [123.675, 116.28, 103.53]
 DEFAULT_STD = [58.395, 57.12, 57.375]
-DEFAULT_CLASSES = 11
+DEFAULT_CLASSES = CAMVID.num_classes
 
 
 def _ch(base: int, width: float) -> int:

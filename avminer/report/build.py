@@ -135,7 +135,7 @@ def write_report(
     Raises:
         ConfigError: a bad argument (names it).
     """
-    from avminer.sinks import open_reader
+    from avminer.storage import open_reader
 
     if labelstudio_url is not None and not labelstudio_url.startswith(("http://", "https://")):
         raise ConfigError(f"--labelstudio-url: must be an http(s):// URL, got {labelstudio_url!r}")
@@ -161,8 +161,8 @@ def write_run_report(settings: Settings, out_dir: str | Path | None = None, **kw
         out_dir: the report folder (default ``<output_dir>/report``).
         **kwargs: passed on to :func:`write_report`.
     """
-    from avminer.sinks import default_catalog_url
-    from avminer.sinks.catalog import open_catalog
+    from avminer.catalog import default_catalog_url
+    from avminer.catalog.catalog import open_catalog
 
     run = Path(settings.sinks.output_dir).expanduser()
     with open_catalog(default_catalog_url(settings)) as catalog:

@@ -2,7 +2,7 @@
 
 Sources, each optional but the catalog:
 
-- the **catalog** (:mod:`avminer.sinks.catalog`): every mined sample with its state (mined → requested
+- the **catalog** (:mod:`avminer.catalog.catalog`): every mined sample with its state (mined → requested
   → labeled → used), scores, reasons, model version and stored frame / uncertainty-map URIs;
 - the **decisions** (``decisions.jsonl`` of an embedded run): one per frame seen, mined or not — the
   denominator of the mining rate and the input of the drift statistic. Without them "seen" falls back
@@ -322,7 +322,7 @@ def collect(
     Args:
         settings: the miner's settings: target rates (``selection``), drift window and alarm
             (``scoring``), the model bundle for the shift reference (``engine.bundle``).
-        catalog: an open :class:`~avminer.sinks.catalog.Catalog`.
+        catalog: an open :class:`~avminer.catalog.catalog.Catalog`.
         decisions: ``decisions.jsonl`` (every frame seen); None: counts from the catalog only.
         decisions_topic: read the decisions from this topic on ``kafka.bootstrap_servers`` instead.
         requests: ``requests.jsonl`` (label requests as sent).

@@ -1,11 +1,11 @@
 """Condition slices: which (time of day, weather, region) a frame belongs to.
 
-Metadata wins when the vehicle sends it (:class:`~avminer.events.records.Conditions`); missing fields
+Metadata wins when the vehicle sends it (a frame's conditions, :class:`~avminer.scoring.inputs.ConditionTags`); missing fields
 are inferred:
 
 - time of day from luminance statistics: the fraction of dark pixels (luma < 30) separates CamVid's
   dusk sequence 0001TP (0.38-0.66) from its day sequences (<= 0.29). Night is told by sensor noise:
-  low light means high gain, and the chroma noise of :func:`avminer.datasets.camvid.apply_night`
+  low light means high gain, and the chroma noise of :func:`avminer.datasets.conditions.apply_night`
   frames is >= 21 where clear frames have 0 (plus anything with mean luma < 25). On
   /work/shared/data/camvid (468 frames) the rule tags 468/468 correctly
   (``tests/scoring/test_conditions.py::test_camvid_time_of_day``, which needs the data); night
@@ -14,7 +14,7 @@ are inferred:
   Prior*, CVPR 2009): in haze-free outdoor images most patches have a channel near zero, and haze
   lifts it towards the airlight. :func:`haze_score` is the median dark channel around the horizon
   over the airlight; above :data:`FOG_HAZE` is fog. Calibrated on CamVid with
-  :func:`~avminer.datasets.camvid.apply_fog` (see the test for the measured rates): clear frames
+  :func:`~avminer.datasets.conditions.apply_fog` (see the test for the measured rates): clear frames
   stay clear, beta >= 0.02 1/m (visibility <= 150 m) is detected in day frames and beta 0.05 in dusk
   frames; lighter fog mostly passes as clear;
 - region from GPS: the first configured named region (``settings.scoring.regions``) containing the
@@ -31,8 +31,8 @@ import numpy as np
 
 from avminer.config import ScoringSettings
 from avminer.errors import ScoringError
-from avminer.events.records import Conditions, GpsFix
 from avminer.scoring import geohash
+from avminer.scoring.inputs import ConditionTags, Position
 
 UNKNOWN = "unknown"
 
@@ -182,7 +182,7 @@ def infer_weather(image: np.ndarray) -> str:
 # --------------------------------------------------------------------------------------------------
 # Region
 # --------------------------------------------------------------------------------------------------
-def region_of(gps: GpsFix | None, settings: ScoringSettings) -> str:
+def region_of(gps: Position | None, settings: ScoringSettings) -> str:
     """First named region containing the fix, else its geohash prefix; ``unknown`` without a fix."""
     if gps is None or not (np.isfinite(gps.lat) and np.isfinite(gps.lon)):
         return UNKNOWN
@@ -201,9 +201,9 @@ def region_of(gps: GpsFix | None, settings: ScoringSettings) -> str:
 
 
 def tag(
-    conditions: Conditions | None,
+    conditions: ConditionTags | None,
     image: np.ndarray | None,
-    gps: GpsFix | None,
+    gps: Position | None,
     settings: ScoringSettings,
 ) -> SliceKey:
     """The frame's slice: metadata where present, inferred from pixels and GPS where missing.
@@ -214,10 +214,9 @@ def tag(
         gps: the frame's GPS fix.
         settings: ``settings.scoring`` (regions, geohash precision).
     """
-    c = conditions or Conditions()
-    time_of_day = c.time_of_day or (infer_time_of_day(image) if image is not None else UNKNOWN)
-    weather = c.weather or (infer_weather(image) if image is not None else UNKNOWN)
-    region = c.region or region_of(gps, settings)
+    time_of_day = (conditions and conditions.time_of_day) or (infer_time_of_day(image) if image is not None else UNKNOWN)
+    weather = (conditions and conditions.weather) or (infer_weather(image) if image is not None else UNKNOWN)
+    region = (conditions and conditions.region) or region_of(gps, settings)
     return SliceKey(_clean(time_of_day), _clean(weather), _clean(region))
 
 

@@ -1,6 +1,6 @@
 """Camera-radar disagreement: radar detections projected into the image and checked against the ensemble.
 
-Geometry (the same as the radar simulator of :mod:`avminer.datasets.camvid`): a pinhole camera
+Geometry (the same as the radar simulator of :mod:`avminer.datasets.radar`): a pinhole camera
 ``height_m`` = 1.2 m above a flat road, horizontal field of view 60 degrees, principal point (and
 horizon) at the image centre, and the radar co-located with the camera, same boresight. Automotive
 radars resolve elevation poorly, so by default a detection is placed **on the road**: at range ``r``
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from avminer.datasets.camvid import CAMVID_CLASSES
 from avminer.errors import ScoringError
-from avminer.events.records import RadarDetection
+from avminer.scoring.inputs import RadarReturn
+from avminer.taxonomy import CAMVID
 
 OBJECT_CLASSES = ("car", "pedestrian", "bicyclist")
 """Classes radar is expected to see (moving or not)."""
@@ -70,7 +70,7 @@ class CameraModel:
         return dataclasses.replace(self, fx=self.fx * sx, fy=self.fy * sy, cx=self.cx * sx, cy=self.cy * sy)
 
 
-def project(detections: Sequence[RadarDetection], camera: CameraModel) -> tuple[np.ndarray, np.ndarray]:
+def project(detections: Sequence[RadarReturn], camera: CameraModel) -> tuple[np.ndarray, np.ndarray]:
     """Project detections to pixels (ground-plane placement unless ``camera.use_elevation``).
 
     Returns:
@@ -120,10 +120,10 @@ def _components(mask: np.ndarray) -> list[np.ndarray]:
 
 def radar_disagreement(
     pred: np.ndarray,
-    detections: Sequence[RadarDetection] | None,
+    detections: Sequence[RadarReturn] | None,
     image_size: tuple[int, int],
     camera: CameraModel | None = None,
-    classes: Sequence[str] = CAMVID_CLASSES,
+    classes: Sequence[str] = CAMVID.classes,
     ego_speed_mps: float = 0.0,
     min_speed_mps: float = 0.8,
     cell: int = 8,

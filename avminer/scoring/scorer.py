@@ -11,22 +11,22 @@ For every frame the :class:`Scorer` computes
 - ``msp``: the max-softmax baseline ``1 - mean max p̄``;
 - ``radar``: camera-radar disagreement in [0, 1] (0 without a radar scan),
 
-tags its condition slice, updates the per-slice drift monitor, and exports the
-``avminer_drift_statistic`` / ``avminer_drift_alarm`` gauges and the per-frame uncertainty and shift
-histograms of :mod:`avminer.metrics` (pass ``export_metrics=False`` to keep them untouched).
+tags its condition slice and updates the per-slice drift monitor. It exports no metrics: the miner's
+observer (:func:`avminer.mining.score_metrics.export_scores`) sets the ``avminer_drift_statistic`` /
+``avminer_drift_alarm`` gauges and the per-frame uncertainty and shift histograms.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from avminer.config import ScoringSettings
 from avminer.errors import ScoringError
-from avminer.events.records import CameraFrame, RadarScan
 from avminer.scoring.conditions import tag
+from avminer.scoring.inputs import FrameInfo, RadarSweep
 from avminer.scoring.radar import CameraModel, radar_disagreement
 from avminer.scoring.shift import ALL, DriftMonitor, ShiftReference, max_softmax_score
 from avminer.scoring.uncertainty import (
@@ -79,7 +79,9 @@ class Scorer:
         classes: class names by id (the bundle's ``classes``).
         reference: the bundle's shift reference (None: shift scores are 0 and drift is not tracked).
         camera: camera model for radar projection at the frames' native size (None: 60 degree HFOV).
-        export_metrics: update the Prometheus drift gauges and score histograms.
+        observer: called with every scored batch and the scorer (its drift monitor, its reference);
+            the miner passes :func:`avminer.mining.score_metrics.export_scores` to update the Prometheus
+            histograms and drift gauges. Scoring itself exports nothing.
     """
 
     def __init__(
@@ -88,13 +90,13 @@ class Scorer:
         classes: Sequence[str],
         reference: ShiftReference | None,
         camera: CameraModel | None = None,
-        export_metrics: bool = True,
+        observer: Callable[[list[FrameScore], Scorer], None] | None = None,
     ) -> None:
         self.settings = settings
         self.classes = list(classes)
         self.reference = reference
         self.camera = camera
-        self.export_metrics = export_metrics
+        self.observer = observer
         self.drift = DriftMonitor(settings.drift_window, settings.drift_alarm, reference)
 
     def set_reference(self, reference: ShiftReference | None) -> None:
@@ -115,8 +117,8 @@ class Scorer:
         out_probs: np.ndarray,
         features: np.ndarray,
         images: np.ndarray,
-        frames: Sequence[CameraFrame],
-        radar: Sequence[RadarScan | None],
+        frames: Sequence[FrameInfo],
+        radar: Sequence[RadarSweep | None],
     ) -> list[FrameScore]:
         """Score one batch.
 
@@ -182,20 +184,6 @@ class Scorer:
         if self.reference is not None:
             for key in sorted(set(slices)):
                 self.drift.update(key, [fs.scores["shift"] for fs in out if fs.slice == key])
-        if self.export_metrics:
-            self._export(out)
+        if self.observer is not None:
+            self.observer(out, self)
         return out
-
-    def _export(self, scored: list[FrameScore]) -> None:
-        from avminer import metrics
-
-        for fs in scored:
-            metrics.UNCERTAINTY.labels(fs.slice).observe(fs.scores["mi"])
-            metrics.ENTROPY.labels(fs.slice).observe(fs.scores["entropy"])
-            if self.reference is not None:
-                metrics.SHIFT_SCORE.labels(fs.slice).observe(fs.scores["shift"])
-            if fs.scores["radar"] >= 0.5:
-                metrics.RADAR_DISAGREEMENT.labels(fs.slice).inc()
-        for key, (value, alarm) in self.drift.values().items():
-            metrics.DRIFT.labels(key).set(value)
-            metrics.DRIFT_ALARM.labels(key).set(1.0 if alarm else 0.0)

@@ -2,13 +2,13 @@
 
 Three small protocols, each with several real implementations:
 
-- :class:`FrameStore` — content-addressed blob store for frames and uncertainty maps
-  (:mod:`avminer.sinks.s3`, :mod:`avminer.sinks.local`). ``put`` returns a URI and is idempotent: the
-  key is the sha256 of the bytes, so storing the same bytes twice stores nothing new.
+- :class:`~avminer.storage.base.FrameStore` — content-addressed blob store for frames and uncertainty
+  maps (:mod:`avminer.storage`). ``put`` returns a URI and is idempotent: the key is the sha256 of the
+  bytes, so storing the same bytes twice stores nothing new.
 - :class:`RequestSink` — label requests out (:mod:`avminer.sinks.kafka_topic`, :mod:`avminer.sinks.local`).
 - :class:`DecisionSink` — one decision per frame out (same modules).
 
-:class:`SampleCatalog` is the part of the provenance catalog (:mod:`avminer.sinks.catalog`) the writer
+:class:`SampleCatalog` is the part of the provenance catalog (:mod:`avminer.catalog.catalog`) the writer
 needs. :class:`MinedSampleWriter` composes them in the order that makes replays safe:
 
     store frame (+ uncertainty and prediction PNGs) → catalog upsert (state ``mined``) → send LabelRequest unless the
@@ -23,9 +23,7 @@ that loop for callers that simply want to block.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -34,72 +32,9 @@ from typing import Protocol, TypeVar, runtime_checkable
 
 from avminer.errors import SinkError, SinkUnavailableError
 from avminer.events.records import Decision, LabelRequest
+from avminer.storage.base import FRAME, PREDICTION, UNCERTAINTY, FrameStore, backoff_delays
 
 log = logging.getLogger(__name__)
-
-FRAME = "frame"
-UNCERTAINTY = "uncertainty"
-PREDICTION = "prediction"
-MASK = "mask"
-KINDS = (FRAME, UNCERTAINTY, PREDICTION, MASK)
-
-_EXTENSIONS = {
-    "image/jpeg": "jpg",
-    "image/png": "png",
-    "image/webp": "webp",
-    "application/octet-stream": "bin",
-}
-
-
-def extension_for(content_type: str) -> str:
-    """File extension for a content type (``image/jpeg`` → ``jpg``); unknown types get ``bin``."""
-    return _EXTENSIONS.get(content_type.split(";")[0].strip().lower(), "bin")
-
-
-def content_key(prefix: str, kind: str, data: bytes, content_type: str) -> str:
-    """Content-addressed key: ``<prefix><kind>/<sha[:2]>/<sha>.<ext>``.
-
-    The same bytes always map to the same key, which is what makes every store idempotent. The two-hex
-    fan-out keeps directory listings (and S3 prefixes) small.
-
-    Args:
-        prefix: key prefix; a trailing ``/`` is added if missing (empty stays empty).
-        kind: ``frame``, ``uncertainty``, ``prediction`` or ``mask``.
-        data: the bytes to store.
-        content_type: MIME type; picks the extension.
-    """
-    if kind not in KINDS:
-        raise SinkError(f"unknown blob kind {kind!r}; use one of {', '.join(KINDS)}")
-    if prefix and not prefix.endswith("/"):
-        prefix += "/"
-    sha = hashlib.sha256(data).hexdigest()
-    return f"{prefix}{kind}/{sha[:2]}/{sha}.{extension_for(content_type)}"
-
-
-@runtime_checkable
-class FrameStore(Protocol):
-    """Content-addressed, idempotent blob store (frames, uncertainty maps, label masks)."""
-
-    def put(self, sample_id: str, data: bytes, content_type: str, kind: str = FRAME) -> str:
-        """Store ``data`` under its content key and return its URI (``s3://…`` or ``file://…``).
-
-        A second put of the same bytes stores nothing new and returns the same URI. ``sample_id`` is
-        for logs and metadata only; it is not part of the key.
-
-        Raises:
-            SinkUnavailableError: the store is unreachable after retries; pause and retry.
-            SinkError: the store refused the object for good (bad bucket, no permission).
-        """
-        ...
-
-    def get(self, uri: str) -> bytes:
-        """Read back an object this store wrote (mask validation, exports)."""
-        ...
-
-    def flush(self) -> None: ...
-
-    def close(self) -> None: ...
-
 
 @runtime_checkable
 class RequestSink(Protocol):
@@ -133,7 +68,7 @@ class DecisionSink(Protocol):
 
 @runtime_checkable
 class SampleCatalog(Protocol):
-    """The part of :class:`avminer.sinks.catalog.Catalog` that :class:`MinedSampleWriter` uses."""
+    """The part of :class:`avminer.catalog.catalog.Catalog` that :class:`MinedSampleWriter` uses."""
 
     def upsert_decision(
         self,
@@ -325,15 +260,6 @@ class MinedSampleWriter:
 
 
 T = TypeVar("T")
-
-
-def backoff_delays(base_s: float = 0.2, cap_s: float = 10.0) -> Callable[[int], float]:
-    """Exponential backoff with full jitter: attempt n waits uniform(0, min(cap, base * 2**n))."""
-
-    def delay(attempt: int) -> float:
-        return random.uniform(0.0, min(cap_s, base_s * (2.0**attempt)))
-
-    return delay
 
 
 def retry_until_available(

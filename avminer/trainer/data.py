@@ -10,7 +10,6 @@ so evaluation and gates can report per condition.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,14 +19,16 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from avminer.datasets.camvid import CamvidRow, decode_image, read_layout
-from avminer.errors import DatasetError
+from avminer import images
+from avminer.datasets.layout import CamvidRow, read_layout
+from avminer.errors import DatasetError, TrainerError
+from avminer.taxonomy import CAMVID
 
 if TYPE_CHECKING:
     import torch
 
-VOID = 11
-NUM_CLASSES = 11
+VOID = CAMVID.void
+NUM_CLASSES = CAMVID.num_classes
 DEFAULT_WEATHER = "clear"
 
 
@@ -96,16 +97,22 @@ def row_slice_key(row: CamvidRow) -> str:
     return f"{row.time_of_day}/{DEFAULT_WEATHER}/{row.location}"
 
 
-def _resize_pair(image: Image.Image, label: Image.Image, size: tuple[int, int]) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
+def decode_pair(image: bytes, label: bytes, size: tuple[int, int]) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
+    """An encoded frame and its label PNG, decoded (:mod:`avminer.images`) and resized to ``size`` = (h, w).
+
+    Images are resized bilinearly, labels by nearest neighbour (class ids must not blend).
+
+    Raises:
+        ValueError: either does not decode (:class:`avminer.images.ImageDecodeError`).
+    """
     h, w = size
-    img = np.asarray(image.convert("RGB").resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
-    lab = np.asarray(label.resize((w, h), Image.Resampling.NEAREST), dtype=np.uint8)
+    try:
+        rgb, ids = images.decode_image(image), images.decode_mask(label)
+    except images.ImageDecodeError as exc:
+        raise ValueError(str(exc)) from exc
+    img = np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
+    lab = np.asarray(Image.fromarray(ids).resize((w, h), Image.Resampling.NEAREST), dtype=np.uint8)
     return img, lab
-
-
-def _decode_image(data: bytes) -> Image.Image:
-    """JPEG (simplejpeg) or PNG bytes as an RGB PIL image, via :func:`avminer.datasets.camvid.decode_image`."""
-    return Image.fromarray(decode_image(data))
 
 
 def load_camvid(
@@ -150,14 +157,27 @@ def load_camvid(
 
     for i, row in enumerate(tqdm(rows, desc="load", unit="frame", disable=not progress, leave=False)):
         try:
-            image = _decode_image(row.image_path.read_bytes())
-            label = Image.open(row.label_path)
-            images[i], labels[i] = _resize_pair(image, label, size)
+            images[i], labels[i] = decode_pair(row.image_path.read_bytes(), row.label_path.read_bytes(), size)
         except (OSError, ValueError) as exc:
             raise DatasetError(f"{row.frame_id}: cannot load {row.image_path} / {row.label_path}: {exc}") from exc
     return LabeledFrames(
         images, labels, [r.frame_id for r in rows], [row_slice_key(r) for r in rows], [r.sequence for r in rows]
     )
+
+
+def load_holdout(data_dir: Path, input_hw: tuple[int, int], holdout_non_day: bool = True) -> LabeledFrames:
+    """Held-out rows of a CamVid-layout directory: non-``train`` splits, plus non-day rows if asked."""
+    rows = read_layout(data_dir)
+    parts = []
+    other_splits = sorted({r.split for r in rows if r.split != "train"})
+    if other_splits:
+        parts.append(load_camvid(data_dir, input_hw, splits=other_splits))
+    other_tods = sorted({r.time_of_day for r in rows if r.time_of_day != "day"})
+    if holdout_non_day and other_tods:
+        parts.append(load_camvid(data_dir, input_hw, splits=["train"], time_of_day=other_tods))
+    if not parts:
+        raise TrainerError(f"{data_dir}: no held-out rows (no val split and nothing but day)")
+    return LabeledFrames.concat(parts)
 
 
 def frame_slice_key(conditions: Any, default_region: str = "unknown") -> str:
@@ -190,7 +210,7 @@ def load_drive_log(path: str | Path, size: tuple[int, int], limit: int | None = 
         if not isinstance(record, CameraFrame) or record.frame_id not in truth or record.image is None:
             continue
         try:
-            img, lab = _resize_pair(_decode_image(record.image), Image.open(io.BytesIO(truth[record.frame_id])), size)
+            img, lab = decode_pair(record.image, truth[record.frame_id], size)
         except (OSError, ValueError) as exc:
             raise DatasetError(f"{path}: frame {record.frame_id} or its label cannot be decoded: {exc}") from exc
         imgs.append(img)

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from avminer.errors import TrainerError
 from avminer.models.ensemble import Ensemble, weight_priors
+from avminer.taxonomy import CAMVID
 
 DEFAULT_BETA = 1e-5
 VARIANCE_EPS = 1e-8  # keeps log σ² and 1/σ² finite should two members ever coincide
@@ -79,7 +80,7 @@ def dpe_regularizer(members: Sequence[nn.Module] | Ensemble, centered: bool = Tr
 
 
 def ensemble_cross_entropy(
-    logits: Tensor, target: Tensor, class_weights: Tensor | None = None, ignore_index: int = 11
+    logits: Tensor, target: Tensor, class_weights: Tensor | None = None, ignore_index: int = CAMVID.void
 ) -> Tensor:
     """Σ over members of each member's (class-weighted) mean pixel cross-entropy.
 
@@ -107,7 +108,7 @@ def dpe_loss(
     target: Tensor,
     beta: float = DEFAULT_BETA,
     class_weights: Tensor | None = None,
-    ignore_index: int = 11,
+    ignore_index: int = CAMVID.void,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Σ_members CE + β·Ω; returns (loss, cross-entropy part, Ω (centered)).
 

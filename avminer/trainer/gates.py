@@ -5,7 +5,7 @@ Both models are evaluated on the same held-out labeled frames, per gate slice (:
 - one slice per time of day (``day``, ``dusk``, ...), from the frames' slice keys
   ``time_of_day/weather/region``;
 - ``fog``: fogged copies of the held-out ``day`` frames, made by the dataset tool's own fog model
-  (:func:`avminer.datasets.camvid.apply_fog`, the one behind ``avminer dataset camvid --fog``) at a fixed
+  (:func:`avminer.datasets.conditions.apply_fog`, the one behind ``avminer dataset camvid --fog``) at a fixed
   density, ``beta`` = :data:`FOG_BETA` (0.02 1/m, ~150 m visibility), so the copies are the same for every
   model and every run; frames whose weather already is ``fog`` count too;
 - ``region:<name>`` per region the frames name (``unknown`` is left out);
@@ -128,14 +128,14 @@ def enforce(report: GateReport) -> GateReport:
 
 
 def fog_copies(frames: LabeledFrames, beta: float = FOG_BETA) -> LabeledFrames:
-    """Fogged copies of ``frames`` (labels unchanged): :func:`avminer.datasets.camvid.apply_fog` at ``beta``.
+    """Fogged copies of ``frames`` (labels unchanged): :func:`avminer.datasets.conditions.apply_fog` at ``beta``.
 
     Deterministic: the depth comes from the camera model and the frame's labels, the airlight from the
     frame itself. Frame ids get a ``+fog<beta>`` suffix, slice keys the weather ``fog``.
     """
     import numpy as np
 
-    from avminer.datasets.camvid import apply_fog
+    from avminer.datasets.conditions import apply_fog
     from avminer.trainer.data import LabeledFrames
 
     images = np.stack([apply_fog(img, beta, label=lab) for img, lab in zip(frames.images, frames.labels, strict=True)])
@@ -223,7 +223,7 @@ def gate_bundles(
     from avminer.engines.bundle import load_bundle
     from avminer.errors import TrainerError
     from avminer.models.ensemble import load_ensemble
-    from avminer.trainer.run import load_holdout
+    from avminer.trainer.data import load_holdout
 
     def scores(path: str | Path) -> dict[str, SliceMetrics]:
         bundle = load_bundle(path)

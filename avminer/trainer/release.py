@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from avminer.datasets.camvid import CAMVID_CLASSES
 from avminer.errors import TrainerError
 from avminer.events.records import ModelRelease
 from avminer.models.ensemble import Ensemble
+from avminer.taxonomy import CAMVID
 from avminer.trainer.data import VOID, LabeledFrames
 from avminer.trainer.train import SliceMetrics, extract_features
 
@@ -92,7 +92,7 @@ def export_release_bundle(
     }
     model = model.eval()
     return export_bundle(
-        model, arch, out_dir, version=version, classes=list(classes or CAMVID_CLASSES), void_index=VOID,
+        model, arch, out_dir, version=version, classes=list(classes or CAMVID.classes), void_index=VOID,
         input_hw=input_hw, mean=tuple(arch["mean"]), std=tuple(arch["std"]), reference=reference, extra=fields,
     )
 
@@ -177,25 +177,19 @@ def upload_bundle(bundle_path: str | Path, s3_settings: Any, prefix: str = "rele
     Raises:
         TrainerError: the bundle does not verify, or S3 refused an upload.
     """
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from avminer.engines.bundle import MANIFEST, load_bundle
-    from avminer.sinks.s3 import make_client
+    from avminer.engines.bundle import load_bundle
+    from avminer.errors import SinkError
+    from avminer.storage.bundles import MANIFEST, upload_files
+    from avminer.storage.s3 import make_client
 
     bundle = load_bundle(bundle_path)
-    s3 = client or make_client(s3_settings)
     bucket = s3_settings.bucket
     base = f"{prefix.strip('/')}/{bundle.version}/"
     try:
-        try:
-            s3.head_bucket(Bucket=bucket)
-        except ClientError:
-            s3.create_bucket(Bucket=bucket)
-        for rel in [*sorted(bundle.manifest["files"]), MANIFEST]:
-            s3.upload_file(str(bundle.path / rel), bucket, base + rel)
-    except (BotoCoreError, ClientError) as exc:
+        return upload_files(bundle.path, [*sorted(bundle.manifest["files"]), MANIFEST], bucket, base,
+                            client or make_client(s3_settings))
+    except SinkError as exc:
         raise TrainerError(f"uploading bundle {bundle.version} to s3://{bucket}/{base} failed: {exc}") from exc
-    return f"s3://{bucket}/{base}"
 
 
 def make_release(
@@ -206,7 +200,8 @@ def make_release(
     notes: str = "",
 ) -> ModelRelease:
     """The :class:`ModelRelease` record announcing a bundle stored at ``bundle_uri``."""
-    from avminer.engines.bundle import MANIFEST, load_bundle, sha256_file
+    from avminer.engines.bundle import load_bundle
+    from avminer.storage.bundles import MANIFEST, sha256_file
 
     bundle = load_bundle(bundle_path)
     return ModelRelease(

@@ -6,13 +6,12 @@ day sequences, with the day ``val`` split and the dusk sequence held out).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from avminer.datasets.camvid import CAMVID_CLASSES, read_layout
+from avminer.datasets.layout import read_classes, read_layout
 from avminer.errors import TrainerError
 from avminer.models.arch import erfnet_arch
 from avminer.models.ensemble import Ensemble, build_ensemble
@@ -83,29 +82,6 @@ def load_camvid_splits(spec: RunSpec) -> tuple[LabeledFrames, LabeledFrames]:
     return train, LabeledFrames.concat(held_parts)
 
 
-def load_holdout(data_dir: Path, input_hw: tuple[int, int], holdout_non_day: bool = True) -> LabeledFrames:
-    """Held-out rows of a CamVid-layout directory: non-``train`` splits, plus non-day rows if asked."""
-    rows = read_layout(data_dir)
-    parts = []
-    other_splits = sorted({r.split for r in rows if r.split != "train"})
-    if other_splits:
-        parts.append(load_camvid(data_dir, input_hw, splits=other_splits))
-    other_tods = sorted({r.time_of_day for r in rows if r.time_of_day != "day"})
-    if holdout_non_day and other_tods:
-        parts.append(load_camvid(data_dir, input_hw, splits=["train"], time_of_day=other_tods))
-    if not parts:
-        raise TrainerError(f"{data_dir}: no held-out rows (no val split and nothing but day)")
-    return LabeledFrames.concat(parts)
-
-
-def classes_of(data_dir: Path) -> list[str]:
-    """Class names from ``classes.json`` next to the manifest (CamVid's 11 when absent)."""
-    path = data_dir / "classes.json"
-    if path.exists():
-        return list(json.loads(path.read_text())["classes"])
-    return list(CAMVID_CLASSES)
-
-
 def run_camvid(spec: RunSpec) -> RunOutcome:
     """Train an ensemble on a CamVid-layout directory and export it as a bundle at ``spec.out_dir``.
 
@@ -119,7 +95,7 @@ def run_camvid(spec: RunSpec) -> RunOutcome:
         from avminer.trainer.data import load_drive_log
 
         train = LabeledFrames.concat([train, *(load_drive_log(p, spec.input_hw, spec.limit) for p in spec.drive_logs)])
-    classes = classes_of(spec.data_dir)
+    classes, _ = read_classes(spec.data_dir)
     log.info("training on %d frames (%s), holding out %d (%s)", len(train), sorted(set(train.slices)),
              len(held), sorted(set(held.slices)))
     model = build_ensemble(erfnet_arch(width=spec.width, num_classes=len(classes), members=spec.members, dropout=spec.dropout),

@@ -105,8 +105,9 @@ class TrainerService:
         threads: int = 0,
         retry_backoff_s: float = 60.0,
     ) -> None:
-        from avminer.sinks import default_catalog_url, open_reader
-        from avminer.sinks.catalog import open_catalog
+        from avminer.catalog import default_catalog_url
+        from avminer.catalog.catalog import open_catalog
+        from avminer.storage import open_reader
 
         self.settings = settings
         self.t = settings.trainer
@@ -144,20 +145,14 @@ class TrainerService:
     # -- data --------------------------------------------------------------------------------------------
     def _fleet_frames(self, dataset_version: int, size: tuple[int, int]) -> tuple[Any, Any]:
         """(train, held-out) frames of the frozen fleet dataset, resized to ``size``."""
-        from PIL import Image
-
-        from avminer.trainer.data import LabeledFrames, _decode_image, _resize_pair
+        from avminer.trainer.data import LabeledFrames, decode_pair
 
         rows = self.catalog.dataset_samples(DATASET_ID, dataset_version)
         parts: dict[bool, list[tuple[np.ndarray, np.ndarray, str, str]]] = {True: [], False: []}
         for row in rows:
             if not row["frame_uri"] or not row["label_uri"]:
                 continue
-            import io
-
-            image = _decode_image(self.reader(row["frame_uri"]))
-            label = Image.open(io.BytesIO(self.reader(row["label_uri"])))
-            img, lab = _resize_pair(image, label, size)
+            img, lab = decode_pair(self.reader(row["frame_uri"]), self.reader(row["label_uri"]), size)
             parts[is_holdout(row["sample_id"])].append((img, lab, row["sample_id"], row["slice"] or "unknown"))
 
         def frames(items: list[tuple[np.ndarray, np.ndarray, str, str]]) -> LabeledFrames | None:
@@ -177,12 +172,12 @@ class TrainerService:
         run still in the state; :meth:`attempt` is what drops a failed run.
         """
         from avminer import metrics as prom
-        from avminer.datasets.camvid import CAMVID_CLASSES
+        from avminer.catalog.catalog import DatasetQuery
         from avminer.engines import default_bundle_path
         from avminer.engines.bundle import load_bundle
         from avminer.models.arch import erfnet_arch
         from avminer.models.ensemble import build_ensemble, load_ensemble
-        from avminer.sinks.catalog import DatasetQuery
+        from avminer.taxonomy import CAMVID
         from avminer.trainer.data import LabeledFrames
         from avminer.trainer.gates import compare, enforce, gate_groups, gate_metrics
         from avminer.trainer.release import export_release_bundle, fit_reference, release
@@ -255,7 +250,7 @@ class TrainerService:
                 result.model, run_dir / "bundle", version=run_id, input_hw=size,
                 reference=fit_reference(result.model, train), metrics=result.metrics,
                 trained_on={"dataset": DATASET_ID, "dataset_version": version, "frames": len(train)},
-                classes=production.classes if production else list(CAMVID_CLASSES),
+                classes=production.classes if production else list(CAMVID.classes),
             )
             if self.settings.kafka.bootstrap_servers and self.settings.sinks.s3.endpoint_url:
                 record = release(bundle.path, self.settings, gate_report=report,

@@ -38,6 +38,7 @@ from numpy.typing import NDArray
 
 from avminer.errors import TrainerError
 from avminer.models.ensemble import Ensemble
+from avminer.taxonomy import confusion, iou_per_class, mean_iou
 from avminer.trainer.data import VOID, LabeledFrames, augment_batch, batches, enet_class_weights, to_tensors
 from avminer.trainer.dpe import DEFAULT_BETA, dpe_loss
 
@@ -209,22 +210,12 @@ def extract_features(model: Ensemble, frames: LabeledFrames, batch_size: int = 1
     return out
 
 
-def confusion(pred: NDArray[np.int64], truth: NDArray[np.int64], num_classes: int, void: int = VOID) -> NDArray[np.int64]:
-    """[C, C] confusion counts (rows truth, columns prediction), void pixels skipped."""
-    valid = truth != void
-    idx = truth[valid] * num_classes + pred[valid]
-    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
 def metrics_from_confusion(cm: NDArray[np.int64], frames: int) -> SliceMetrics:
     """mIoU (mean over classes present in truth or prediction) and pixel accuracy."""
-    tp = np.diag(cm).astype(np.float64)
-    union = cm.sum(0) + cm.sum(1) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, tp / union, np.nan)
+    iou = iou_per_class(cm)
     total = cm.sum()
-    miou = float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
-    return SliceMetrics(miou, float(tp.sum() / total) if total else float("nan"), [float(v) for v in iou], frames)
+    return SliceMetrics(mean_iou(cm), float(np.diag(cm).sum() / total) if total else float("nan"),
+                        [float(v) for v in iou], frames)
 
 
 def evaluate(

@@ -13,8 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from avminer import geometry, images, taxonomy
 from avminer.cli.main import main
-from avminer.datasets import camvid
+from avminer.datasets import conditions, drive
+from avminer.datasets import layout as camvid_layout
+from avminer.datasets import radar as sim_radar
 from avminer.errors import DatasetError
 from avminer.events.drivelog import drive_log_info, read_drive_log, read_ground_truth
 from avminer.events.records import CameraFrame, RadarScan
@@ -39,8 +42,8 @@ def _make_layout(root: Path, sequences: dict[str, tuple[str, list[int]]]) -> Pat
             frame_id = f"{seq}_{idx:06d}"
             image = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
             (root / "train").mkdir(parents=True, exist_ok=True)
-            (root / "train" / f"{frame_id}.jpg").write_bytes(camvid.encode_jpeg(image))
-            (root / "train" / f"{frame_id}_label.png").write_bytes(camvid.encode_label(_label(60)))
+            (root / "train" / f"{frame_id}.jpg").write_bytes(images.encode_jpeg(image))
+            (root / "train" / f"{frame_id}_label.png").write_bytes(images.encode_mask(_label(60)))
             rows.append({"frame_id": frame_id, "split": "train", "sequence": seq, "frame_index": idx,
                          "time_of_day": tod, "location": "cambridge_uk", "image": f"train/{frame_id}.jpg",
                          "label": f"train/{frame_id}_label.png"})
@@ -57,12 +60,12 @@ def layout(tmp_path: Path) -> Path:
 
 
 def test_read_layout(layout: Path) -> None:
-    rows = camvid.read_layout(layout)
+    rows = camvid_layout.read_layout(layout)
     assert [r.frame_id for r in rows] == ["SEQA_000030", "SEQA_000060", "SEQA_000090", "SEQB_000300", "SEQB_000330"]
     assert rows[0].image_path == layout / "train" / "SEQA_000030.jpg" and rows[3].time_of_day == "dusk"
-    assert camvid.load_image(rows[0].image_path).shape == (H, W, 3)
-    assert camvid.load_label(rows[0].label_path).shape == (H, W)
-    assert camvid.read_classes(layout) == (list(camvid.CAMVID_CLASSES), 11)
+    assert camvid_layout.load_image(rows[0].image_path).shape == (H, W, 3)
+    assert camvid_layout.load_label(rows[0].label_path).shape == (H, W)
+    assert camvid_layout.read_classes(layout) == (list(taxonomy.CAMVID.classes), 11)
 
 
 def test_minimal_manifest_columns(tmp_path: Path, layout: Path) -> None:
@@ -71,19 +74,19 @@ def test_minimal_manifest_columns(tmp_path: Path, layout: Path) -> None:
     keep = [header.index(c) for c in ("image", "label", "sequence", "time_of_day")]
     (layout / "manifest.csv").write_text(
         "\n".join(",".join(line.split(",")[i] for i in keep) for line in text) + "\n")
-    rows = camvid.read_layout(layout)
+    rows = camvid_layout.read_layout(layout)
     assert rows[1].frame_id == "SEQA_000060" and rows[1].frame_index == 60 and rows[1].location == "cambridge_uk"
 
 
 def test_bad_layouts_fail_clearly(tmp_path: Path, layout: Path) -> None:
     with pytest.raises(DatasetError, match="manifest.csv not found"):
-        camvid.read_layout(tmp_path / "empty")
+        camvid_layout.read_layout(tmp_path / "empty")
     (layout / "train" / "SEQA_000060.jpg").unlink()
     with pytest.raises(DatasetError, match="image file .*SEQA_000060.jpg does not exist"):
-        camvid.read_layout(layout)
+        camvid_layout.read_layout(layout)
     (layout / "manifest.csv").write_text("image,label\nx.jpg,y.png\n")
     with pytest.raises(DatasetError, match="lacks column"):
-        camvid.read_layout(layout)
+        camvid_layout.read_layout(layout)
 
 
 def test_cli_writes_frames_radar_and_ground_truth(layout: Path, tmp_path: Path,
@@ -129,30 +132,30 @@ def test_cli_variants_and_selection(layout: Path, tmp_path: Path) -> None:
 
 def test_fog_follows_the_scattering_model() -> None:
     black = np.zeros((H, W, 3), np.uint8)
-    cam = camvid.DEFAULT_CAMERA
-    fogged = camvid.apply_fog(black, 0.02, airlight=1.0)
+    cam = geometry.DEFAULT_CAMERA
+    fogged = conditions.apply_fog(black, 0.02, airlight=1.0)
     t = np.exp(-0.02 * cam.row_depth(H, W))  # [H]
     expected = np.round(255 * (1 - t))
     assert np.abs(fogged[:, 0, 0].astype(float) - expected).max() <= 1
     below = fogged[H // 2 + 1:, 0, 0].astype(int)
     assert np.all(np.diff(below) <= 0)  # hazier towards the horizon (farther), clearer near the car
-    assert np.array_equal(camvid.apply_fog(black, 0.0, airlight=1.0), black)
+    assert np.array_equal(conditions.apply_fog(black, 0.0, airlight=1.0), black)
     with pytest.raises(DatasetError):
-        camvid.apply_fog(black, -1.0)
+        conditions.apply_fog(black, -1.0)
 
 
 def test_fog_depth_pops_objects_up_from_the_ground() -> None:
     label = _label(60)
-    depth = camvid.DEFAULT_CAMERA.depth_map(H, W, label)
-    rows = camvid.DEFAULT_CAMERA.row_depth(H, W)
+    depth = geometry.DEFAULT_CAMERA.depth_map(H, W, label)
+    rows = geometry.DEFAULT_CAMERA.row_depth(H, W)
     assert np.all(depth[52:60, 50] == rows[60])  # the car stands at the depth of the road under it
-    assert depth[2, 50] == camvid.DEFAULT_CAMERA.max_depth_m  # sky is far
+    assert depth[2, 50] == geometry.DEFAULT_CAMERA.max_depth_m  # sky is far
     assert np.allclose(depth[40:, 10], rows[40:])  # road keeps the ground-plane depth
 
 
 def test_night_is_darker_noisy_and_seeded() -> None:
     image = np.full((H, W, 3), 128, np.uint8)
-    a, b, c = (camvid.apply_night(image, seed=s) for s in (1, 1, 2))
+    a, b, c = (conditions.apply_night(image, seed=s) for s in (1, 1, 2))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert a.mean() < image.mean() and a.std() > 1
 
@@ -181,36 +184,36 @@ def _flood_count(mask: np.ndarray) -> list[int]:
 @given(hnp.arrays(np.bool_, st.tuples(st.integers(1, 12), st.integers(1, 12))))
 @settings(max_examples=300)
 def test_connected_blobs_match_a_flood_fill(mask: np.ndarray) -> None:
-    assert sorted(b.area for b in camvid.connected_blobs(mask)) == _flood_count(mask)
+    assert sorted(b.area for b in geometry.connected_blobs(mask)) == _flood_count(mask)
 
 
 def test_radar_sees_the_car_where_the_ground_plane_says() -> None:
     rng = np.random.default_rng(0)
-    model = camvid.RadarModel(clutter_rate=0.0, min_area_px=10)
+    model = sim_radar.RadarModel(clutter_rate=0.0, min_area_px=10)
     label = _label(60)
-    detections = camvid.simulate_radar(label, ego_speed_mps=0.0, rng=rng, model=model)
+    detections = sim_radar.simulate_radar(label, ego_speed_mps=0.0, rng=rng, model=model)
     assert len(detections) == 1
-    expected_range, expected_az = camvid.DEFAULT_CAMERA.ground_point(60.0, 40 + 19 / 2, H, W)  # type: ignore[misc]
+    expected_range, expected_az = geometry.DEFAULT_CAMERA.ground_point(60.0, 40 + 19 / 2, H, W)  # type: ignore[misc]
     d = detections[0]
     assert abs(d.range_m - expected_range) < 1.0 and abs(d.azimuth_rad - expected_az) < math.radians(2)
-    clutter = camvid.simulate_radar(np.zeros((H, W), np.uint8), ego_speed_mps=5.0,
-                                    rng=np.random.default_rng(1), model=camvid.RadarModel(clutter_rate=50.0))
+    clutter = sim_radar.simulate_radar(np.zeros((H, W), np.uint8), ego_speed_mps=5.0,
+                                    rng=np.random.default_rng(1), model=sim_radar.RadarModel(clutter_rate=50.0))
     assert len(clutter) > 20
     assert all(-0.6 < c.azimuth_rad < 0.6 and c.radial_velocity_mps < 0 for c in clutter)
 
 
 def test_gps_track_is_deterministic_smooth_and_near_cambridge() -> None:
-    a = [camvid.gps_track("0001TP", i) for i in range(6690, 6990, 30)]
-    assert a == [camvid.gps_track("0001TP", i) for i in range(6690, 6990, 30)]
+    a = [drive.gps_track("0001TP", i) for i in range(6690, 6990, 30)]
+    assert a == [drive.gps_track("0001TP", i) for i in range(6690, 6990, 30)]
     for p, q in zip(a, a[1:], strict=False):
         step = math.hypot((q.lat - p.lat) * 111_320, (q.lon - p.lon) * 111_320 * math.cos(math.radians(52.2)))
         assert step <= 12.0  # one second at urban speed
-    assert camvid.gps_track("0006R0", 930) != camvid.gps_track("0001TP", 930)
+    assert drive.gps_track("0006R0", 930) != drive.gps_track("0001TP", 930)
 
 
 @pytest.mark.skipif(not SHARED_CAMVID.exists(), reason=f"needs the CamVid data at {SHARED_CAMVID}")
 def test_shared_camvid_has_468_usable_rows() -> None:
-    rows = camvid.read_layout(SHARED_CAMVID)
+    rows = camvid_layout.read_layout(SHARED_CAMVID)
     assert len(rows) == 468
     assert {r.sequence for r in rows} == {"0001TP", "0006R0", "0016E5"}
 

@@ -8,8 +8,9 @@ from collections.abc import Callable
 import pytest
 
 from avminer.engines import open_engine
-from avminer.engines.bundle import FORMAT, MANIFEST, Bundle, add_file, load_bundle
+from avminer.engines.bundle import FORMAT, Bundle, add_file, load_bundle
 from avminer.errors import BundleError
+from avminer.storage.bundles import MANIFEST
 
 
 def test_one_flipped_byte_in_model_onnx_is_refused(bundle_copy: Callable[[str], Bundle]) -> None:

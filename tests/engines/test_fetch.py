@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from avminer.engines.bundle import MANIFEST, Bundle
+from avminer.engines.bundle import Bundle
 from avminer.engines.hotswap import EngineHolder, fetch_bundle, fetch_release
 from avminer.engines.ort import OrtEngine
 from avminer.errors import BundleError
 from avminer.events.records import ModelRelease
+from avminer.storage.bundles import MANIFEST
 from tests.services import S3Server
 
 

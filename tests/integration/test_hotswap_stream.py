@@ -20,12 +20,13 @@ import pytest
 
 from avminer.config import load_settings
 from avminer.engines import default_bundle_path
-from avminer.engines.bundle import MANIFEST, ONNX_FILE, Bundle, load_bundle, write_bundle
+from avminer.engines.bundle import ONNX_FILE, Bundle, load_bundle, write_bundle
 from avminer.errors import BundleError
 from avminer.events import codec
 from avminer.events.records import Decision, ModelRelease
 from avminer.metrics import MODEL_SWAPS
 from avminer.mining.daemon import open_engines
+from avminer.storage.bundles import MANIFEST
 from tests.integration.support import FAST_GROUP, MinerThread, TopicReader
 from tests.mining.support import fleet_frames, produce
 from tests.services import KafkaBroker, S3Server

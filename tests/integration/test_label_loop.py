@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+from avminer.catalog.catalog import open_catalog
 from avminer.config import SelectionSettings
 from avminer.events import codec
 from avminer.events.drivelog import ground_truth_path, read_ground_truth
 from avminer.events.records import Decision, LabelRequest
 from avminer.labels.masks import decode_mask_png
-from avminer.sinks.base import content_key
-from avminer.sinks.catalog import open_catalog
-from avminer.sinks.s3 import parse_s3_uri
+from avminer.storage.base import content_key
+from avminer.storage.s3 import parse_s3_uri
 from tests.integration.support import TopicReader, avminer, finish, kill, product_env, with_schema
 from tests.mining.support import produce, sample_records
 from tests.services import KafkaBroker, S3Server

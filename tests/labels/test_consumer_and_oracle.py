@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from avminer.catalog.catalog import Catalog
 from avminer.config import load_settings
 from avminer.events import codec
 from avminer.events.drivelog import GroundTruthWriter, ground_truth_path
@@ -16,9 +17,9 @@ from avminer.labels.consumer import LabelApplier, LabelResultConsumer
 from avminer.labels.masks import CLASS_NAMES, VOID, InvalidLabelError, decode_mask_png
 from avminer.labels.oracle import OracleLabeler, run_oracle_kafka, run_oracle_local
 from avminer.sinks.base import MinedSampleWriter
-from avminer.sinks.catalog import Catalog
 from avminer.sinks.kafka_topic import KafkaRecordSink, KafkaRequestSink
-from avminer.sinks.local import LocalDecisionSink, LocalFrameStore, LocalRequestSink
+from avminer.sinks.local import LocalDecisionSink, LocalRequestSink
+from avminer.storage.local import LocalFrameStore
 from tests.services import KafkaBroker
 from tests.sinks import factories as f
 from tests.sinks.test_kafka_topic import read_all

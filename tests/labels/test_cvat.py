@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from avminer.catalog.catalog import Catalog
 from avminer.cli.main import main
 from avminer.errors import LabelError
 from avminer.labels.consumer import LabelApplier
@@ -24,7 +25,6 @@ from avminer.labels.cvat import (
     results_from_zip,
 )
 from avminer.labels.masks import CLASS_NAMES, VOID, decode_mask_png
-from avminer.sinks.catalog import Catalog
 from tests.labels.test_labelstudio import _mined
 from tests.sinks import factories as f
 

@@ -9,13 +9,14 @@ from typing import Any
 
 import numpy as np
 
+from avminer.catalog.catalog import Catalog
 from avminer.cli.main import main
 from avminer.labels.consumer import LabelApplier
 from avminer.labels.labelstudio import ImageUrls, export_tasks, label_config, results_from_export
 from avminer.labels.masks import CLASS_NAMES, decode_mask_png
 from avminer.sinks.base import MinedSampleWriter
-from avminer.sinks.catalog import Catalog
-from avminer.sinks.local import LocalDecisionSink, LocalFrameStore, LocalRequestSink
+from avminer.sinks.local import LocalDecisionSink, LocalRequestSink
+from avminer.storage.local import LocalFrameStore
 from tests.sinks import factories as f
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from avminer.catalog.catalog import Catalog, open_catalog
 from avminer.config import load_settings
 from avminer.engines import default_bundle_path
 from avminer.engines.bundle import load_bundle
@@ -22,8 +23,8 @@ from avminer.report.build import write_report
 from avminer.report.collect import collect
 from avminer.report.page import href, text
 from avminer.sinks.base import MinedSample, MinedSampleWriter
-from avminer.sinks.catalog import Catalog, open_catalog
-from avminer.sinks.local import LocalDecisionSink, LocalFrameStore, LocalRequestSink
+from avminer.sinks.local import LocalDecisionSink, LocalRequestSink
+from avminer.storage.local import LocalFrameStore
 from tests.mining.support import sample_records
 
 HOSTILE_ID = '<img src=x onerror="alert(1)">\x1b[31m'

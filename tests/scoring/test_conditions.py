@@ -92,7 +92,8 @@ def test_camvid_time_of_day() -> None:
     """Needs /work/shared/data/camvid: every frame's time of day; fog and night variants of a subset."""
     if not (CAMVID / "manifest.csv").exists():
         pytest.fail(f"{CAMVID}/manifest.csv is missing: this calibration test needs the CamVid data")
-    from avminer.datasets.camvid import apply_fog, apply_night, load_image, load_label, read_layout
+    from avminer.datasets.conditions import apply_fog, apply_night
+    from avminer.datasets.layout import load_image, load_label, read_layout
 
     rows = read_layout(CAMVID)
     right = 0

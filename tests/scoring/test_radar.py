@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from avminer.datasets.camvid import CAMVID_CLASSES
 from avminer.errors import ScoringError
 from avminer.events.records import RadarDetection
 from avminer.scoring.radar import CameraModel, project, radar_disagreement
+from avminer.taxonomy import CAMVID
 
-ROAD, CAR = CAMVID_CLASSES.index("road"), CAMVID_CLASSES.index("car")
+ROAD, CAR = CAMVID.classes.index("road"), CAMVID.classes.index("car")
 W, H = 240, 176
 CAM = CameraModel.from_fov(W, H)
 
@@ -37,9 +37,9 @@ def test_projection_is_the_ground_plane_pinhole() -> None:
 
 
 def test_matches_the_camvid_simulator_geometry() -> None:
-    from avminer.datasets import camvid
+    from avminer import geometry
 
-    cam = camvid.CameraModel()
+    cam = geometry.CameraModel()
     rng_m, az = cam.ground_point(300.0, 100.0, 360, 480)  # a road pixel of a 480x360 frame
     ours = CameraModel.from_fov(480, 360)
     uv, _ = project([RadarDetection(rng_m, az, 0.0, 0.0, 0.0)], ours)

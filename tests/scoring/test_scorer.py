@@ -7,13 +7,14 @@ import pytest
 
 from avminer import metrics
 from avminer.config import ScoringSettings
-from avminer.datasets.camvid import CAMVID_CLASSES
 from avminer.errors import ScoringError
 from avminer.events.records import CameraFrame, Conditions, RadarDetection, RadarScan
+from avminer.mining.score_metrics import export_scores
 from avminer.scoring.scorer import SCORE_KEYS, Scorer
 from avminer.scoring.shift import ShiftReference
+from avminer.taxonomy import CAMVID
 
-K, N, C, H, W, D = 3, 4, len(CAMVID_CLASSES), 24, 32, 8
+K, N, C, H, W, D = 3, 4, len(CAMVID.classes), 24, 32, 8
 
 
 def _batch(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[CameraFrame]]:
@@ -34,7 +35,7 @@ def _batch(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray
 def test_scores_every_frame() -> None:
     rng = np.random.default_rng(0)
     ref = ShiftReference.fit({"day/clear/test_region": rng.normal(size=(200, D))})
-    scorer = Scorer(ScoringSettings(drift_window=10), CAMVID_CLASSES, ref)
+    scorer = Scorer(ScoringSettings(drift_window=10), CAMVID.classes, ref, observer=export_scores)
     probs, feats, images, frames = _batch(rng)
     radar = [None, RadarScan("veh", "radar", 0, [RadarDetection(10.0, 0.0, 0.0, 8.0, 5.0)]), None, None]
     out = scorer.score(probs, feats, images, frames, radar)
@@ -59,7 +60,7 @@ def test_scores_every_frame() -> None:
 
 def test_without_reference_and_bad_batches() -> None:
     rng = np.random.default_rng(1)
-    scorer = Scorer(ScoringSettings(), CAMVID_CLASSES, None, export_metrics=False)
+    scorer = Scorer(ScoringSettings(), CAMVID.classes, None)
     probs, feats, images, frames = _batch(rng)
     out = scorer.score(probs, feats, images, frames, [None] * N)
     assert all(fs.scores["shift"] == 0.0 for fs in out)
@@ -70,8 +71,8 @@ def test_without_reference_and_bad_batches() -> None:
 def test_map_stride_one_scores_every_pixel_and_agrees_with_strided() -> None:
     rng = np.random.default_rng(1)
     probs, feats, images, frames = _batch(rng)
-    full = Scorer(ScoringSettings(map_stride=1, aggregation="mean"), CAMVID_CLASSES, None, export_metrics=False)
-    half = Scorer(ScoringSettings(map_stride=2, aggregation="mean"), CAMVID_CLASSES, None, export_metrics=False)
+    full = Scorer(ScoringSettings(map_stride=1, aggregation="mean"), CAMVID.classes, None)
+    half = Scorer(ScoringSettings(map_stride=2, aggregation="mean"), CAMVID.classes, None)
     a = full.score(probs, feats, images, frames, [None] * N)
     b = half.score(probs, feats, images, frames, [None] * N)
     for fa, fb in zip(a, b, strict=True):

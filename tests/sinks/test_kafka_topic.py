@@ -6,13 +6,13 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, TopicPartition
 
+from avminer.catalog.catalog import Catalog
 from avminer.config import KafkaSettings
 from avminer.events import codec
 from avminer.events.records import Decision, LabelRequest
 from avminer.sinks.base import MinedSampleWriter
-from avminer.sinks.catalog import Catalog
 from avminer.sinks.kafka_topic import KafkaDecisionSink, KafkaRequestSink
-from avminer.sinks.local import LocalFrameStore
+from avminer.storage.local import LocalFrameStore
 from tests.services import KafkaBroker
 from tests.sinks import factories as f
 

@@ -9,17 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from avminer.catalog.catalog import Catalog
 from avminer.errors import SinkError, SinkUnavailableError
-from avminer.sinks.base import MinedSampleWriter, content_key, retry_until_available
-from avminer.sinks.catalog import Catalog
-from avminer.sinks.local import (
-    JsonlSink,
-    LocalDecisionSink,
-    LocalFrameStore,
-    LocalRequestSink,
-    read_jsonl,
-    read_requests,
-)
+from avminer.sinks.base import MinedSampleWriter, retry_until_available
+from avminer.sinks.local import JsonlSink, LocalDecisionSink, LocalRequestSink, read_jsonl, read_requests
+from avminer.storage.base import content_key
+from avminer.storage.local import LocalFrameStore
 from tests.sinks import factories as f
 
 

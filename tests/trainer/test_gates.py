@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from avminer.datasets.camvid import apply_fog
+from avminer.datasets.conditions import apply_fog
 from avminer.errors import GateRefusedError, TrainerError
 from avminer.models import Ensemble, build_ensemble, erfnet_arch
 from avminer.trainer.gates import (

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from avminer.config import load_settings
-from avminer.engines.bundle import MANIFEST, load_bundle, sha256_file
+from avminer.engines.bundle import load_bundle
 from avminer.errors import GateRefusedError
 from avminer.events.codec import decode_as
 from avminer.events.records import ModelRelease
 from avminer.models import build_ensemble, erfnet_arch, load_ensemble
+from avminer.storage.bundles import MANIFEST, sha256_file
 from avminer.trainer.gates import compare
 from avminer.trainer.release import (
     build_tensorrt_plans,

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from avminer.catalog.catalog import open_catalog
 from avminer.config import load_settings
 from avminer.engines.bundle import load_bundle
 from avminer.errors import SinkUnavailableError
 from avminer.events.records import Decision
 from avminer.models import build_ensemble, erfnet_arch
-from avminer.sinks import open_reader
-from avminer.sinks.catalog import open_catalog
+from avminer.storage import open_reader
 from avminer.trainer.release import export_release_bundle
 from avminer.trainer.service import ServiceState, TrainerService
 from avminer.trainer.train import CHECKPOINT, load_checkpoint

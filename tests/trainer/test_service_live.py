@@ -23,14 +23,14 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from avminer.catalog.catalog import open_catalog
 from avminer.config import Settings, load_settings
-from avminer.engines.bundle import MANIFEST
 from avminer.events import codec
 from avminer.events.records import Decision, LabelResult, ModelRelease
 from avminer.labels.consumer import LabelApplier, LabelResultConsumer
 from avminer.models import build_ensemble, erfnet_arch
-from avminer.sinks.catalog import open_catalog
-from avminer.sinks.s3 import S3FrameStore, parse_s3_uri
+from avminer.storage.bundles import MANIFEST
+from avminer.storage.s3 import S3FrameStore, parse_s3_uri
 from avminer.trainer.release import export_release_bundle
 from avminer.trainer.service import STATE_FILE, ServiceState, TrainerService, is_holdout
 from tests.integration.support import FAST_GROUP, TopicReader, with_schema

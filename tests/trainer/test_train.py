@@ -10,11 +10,11 @@ import torch
 
 from avminer.errors import TrainerError
 from avminer.models import build_ensemble, erfnet_arch
+from avminer.taxonomy import confusion
 from avminer.trainer.data import LabeledFrames
 from avminer.trainer.train import (
     CHECKPOINT,
     TrainConfig,
-    confusion,
     evaluate,
     metrics_from_confusion,
     train_ensemble,

@@ -4,9 +4,9 @@ For a model trained on day frames only, every frame of a CamVid-layout folder is
 ensemble, clear and in synthetic variants, and the AUROC of three per-frame scores is printed for:
 
 - ``dusk_vs_day``: clear dusk frames (CamVid 0001TP) against clear day frames;
-- ``fog<beta>_vs_clear``: day frames fogged with :func:`~avminer.datasets.camvid.apply_fog` (beta in
+- ``fog<beta>_vs_clear``: day frames fogged with :func:`~avminer.datasets.conditions.apply_fog` (beta in
   1/m, at the native resolution with the label-aware depth) against the same frames clear;
-- ``night_vs_day`` (``--night``): :func:`~avminer.datasets.camvid.apply_night` variants of the day frames.
+- ``night_vs_day`` (``--night``): :func:`~avminer.datasets.conditions.apply_night` variants of the day frames.
 
 Scores: ``mahalanobis`` (squared distance to the bundle's pooled reference, the score the miner
 uses), ``msp`` (the max-softmax baseline, 1 - mean max probability) and ``mi`` (mean mutual
@@ -50,7 +50,8 @@ def _run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from avminer.config import load_settings
-    from avminer.datasets.camvid import apply_fog, apply_night, load_image, load_label, read_layout
+    from avminer.datasets.conditions import apply_fog, apply_night
+    from avminer.datasets.layout import load_image, load_label, read_layout
     from avminer.engines import default_bundle_path, open_engine
     from avminer.engines.base import resize_batch
     from avminer.errors import AvminerError

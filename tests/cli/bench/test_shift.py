@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from avminer import images, taxonomy
 from avminer.cli.main import main
-from avminer.datasets import camvid
 
 H, W = 48, 64
 
@@ -27,8 +27,8 @@ def _layout(root: Path) -> Path:
             label = np.full((H, W), 3, np.uint8)
             label[: H // 3] = 0
             (root / split).mkdir(parents=True, exist_ok=True)
-            (root / split / f"{frame_id}.jpg").write_bytes(camvid.encode_jpeg(image))
-            (root / split / f"{frame_id}_label.png").write_bytes(camvid.encode_label(label))
+            (root / split / f"{frame_id}.jpg").write_bytes(images.encode_jpeg(image))
+            (root / split / f"{frame_id}_label.png").write_bytes(images.encode_mask(label))
             rows.append({"frame_id": frame_id, "split": split, "sequence": seq, "frame_index": i * 30,
                          "time_of_day": tod, "location": "cambridge_uk", "image": f"{split}/{frame_id}.jpg",
                          "label": f"{split}/{frame_id}_label.png"})
@@ -45,7 +45,7 @@ def test_bench_shift_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
     arch = erfnet_arch(width=0.25, members=2)
     bundle = export_bundle(
-        build_ensemble(arch, seed=0), arch, tmp_path / "bundle", version="tiny", classes=list(camvid.CAMVID_CLASSES),
+        build_ensemble(arch, seed=0), arch, tmp_path / "bundle", version="tiny", classes=list(taxonomy.CAMVID.classes),
         void_index=11, input_hw=(32, 48), mean=tuple(arch["mean"]), std=tuple(arch["std"]), check=False,
     )
     data = _layout(tmp_path / "camvid")

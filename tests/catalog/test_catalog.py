@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from avminer.catalog.catalog import Catalog, DatasetQuery, open_catalog, parse_time_us, slice_matches
 from avminer.errors import CatalogError
 from avminer.sinks.base import label_request_for
-from avminer.sinks.catalog import Catalog, DatasetQuery, open_catalog, parse_time_us, slice_matches
 from tests.sinks import factories as f
 
 

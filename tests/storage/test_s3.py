@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from avminer.catalog.catalog import Catalog
 from avminer.config import S3Settings, Secret
 from avminer.errors import SinkError, SinkUnavailableError
 from avminer.sinks.base import MinedSampleWriter, retry_until_available
-from avminer.sinks.catalog import Catalog
 from avminer.sinks.local import LocalDecisionSink, LocalRequestSink, read_requests
-from avminer.sinks.s3 import S3FrameStore, make_client
+from avminer.storage.s3 import S3FrameStore, make_client
 from tests.services import S3Server
 from tests.sinks import factories as f
 

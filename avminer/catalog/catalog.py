@@ -247,7 +247,7 @@ class _PgDialect(_Dialect):
 
 
 def _schema_statements() -> list[str]:
-    text = resources.files("avminer.sinks").joinpath("catalog.sql").read_text()
+    text = resources.files("avminer.catalog").joinpath("catalog.sql").read_text()
     lines = [line for line in text.splitlines() if not line.strip().startswith("--")]
     body = "\n".join(line.split("--")[0] for line in lines)
     return [s.strip() for s in body.split(";") if s.strip()]

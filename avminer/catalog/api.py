@@ -28,8 +28,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from avminer.catalog.catalog import Catalog, DatasetQuery
 from avminer.errors import CatalogError, SinkUnavailableError
-from avminer.sinks.catalog import Catalog, DatasetQuery
 
 log = logging.getLogger(__name__)
 

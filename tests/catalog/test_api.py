@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from avminer.sinks.api import DatasetsServer
-from avminer.sinks.catalog import Catalog
+from avminer.catalog.api import DatasetsServer
+from avminer.catalog.catalog import Catalog
 from tests.sinks import factories as f
 
 

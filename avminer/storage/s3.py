@@ -1,6 +1,6 @@
 """S3 frame store: content-addressed keys, HEAD before PUT, retries with backoff, pause on outage.
 
-Keys are ``<prefix><kind>/<sha[:2]>/<sha>.<ext>`` (:func:`avminer.sinks.base.content_key`). A put first
+Keys are ``<prefix><kind>/<sha[:2]>/<sha>.<ext>`` (:func:`avminer.storage.base.content_key`). A put first
 asks HEAD: if the object is there (an earlier attempt, or the same bytes from another frame), nothing
 is uploaded. Transient failures (connection refused, timeouts, 5xx, throttling) are retried with
 exponential backoff and full jitter; after ``max_retries`` the store raises
@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 from avminer.config import S3Settings
 from avminer.errors import SinkError, SinkUnavailableError
 from avminer.metrics import S3_ERRORS
-from avminer.sinks.base import FRAME, backoff_delays, content_key
+from avminer.storage.base import FRAME, backoff_delays, content_key
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from avminer.catalog.catalog import Catalog
 from avminer.cli.main import main
-from avminer.sinks.catalog import Catalog
 from tests.sinks import factories as f
 
 

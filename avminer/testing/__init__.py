@@ -1,1 +1,0 @@
-"""Helpers that start real services for benchmarks and tests (not used by the mining path)."""

@@ -16,19 +16,95 @@ is neither road/sidewalk nor sky stands on the ground where its column meets it 
 facade or a bus has one depth from bottom to top instead of a white band at the horizon, and sky is
 at ``max_depth_m``.
 
-Connected components (:func:`connected_blobs`): 8-connected components of a boolean mask by run-length
-labelling (no scipy), used to turn class masks into objects.
+The projection itself (:class:`Pinhole`: intrinsics at one resolution, ground-plane or elevation
+placement, a sensor offset) is shared with the radar check of :mod:`avminer.scoring.radar`, which
+projects radar detections into the prediction with it.
+
+Connected components (:func:`connected_blobs`): 8- or 4-connected components of a boolean mask by
+run-length labelling (no scipy), used to turn class masks into objects (the radar simulator) and
+object grids into blobs (the radar check).
 
 Ground floor: pure numpy, imports nothing of avminer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Pinhole:
+    """Pinhole intrinsics at one resolution and the sensor's mount: the one projection avminer uses.
+
+    Attributes:
+        fx, fy: focal lengths in pixels.
+        cx, cy: principal point in pixels (``cy`` is also the horizon row of a level camera).
+        height_m: camera height above the road (ground-plane placement).
+        use_elevation: :meth:`project` places points by their elevation instead of on the road.
+        sensor_offset_m: position of the projected sensor (a radar) in the camera frame (forward, left,
+            up), metres.
+    """
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    height_m: float = 1.2
+    use_elevation: bool = False
+    sensor_offset_m: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    @classmethod
+    def from_fov(
+        cls, width: int, height: int, hfov_deg: float = 60.0, height_m: float = 1.2, horizon_frac: float = 0.5
+    ) -> Pinhole:
+        """Square pixels, principal point at the centre column and row ``horizon_frac * height``."""
+        f = (width / 2.0) / math.tan(math.radians(hfov_deg) / 2.0)
+        return cls(fx=f, fy=f, cx=width / 2.0, cy=horizon_frac * height, height_m=height_m)
+
+    def scaled(self, sx: float, sy: float) -> Pinhole:
+        """The same camera at a resized resolution (``sx = new_width / old_width``)."""
+        return dataclasses.replace(self, fx=self.fx * sx, fy=self.fy * sy, cx=self.cx * sx, cy=self.cy * sy)
+
+    def project(self, range_m: np.ndarray, azimuth_rad: np.ndarray, elevation_rad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels of points seen by the sensor at (range, azimuth positive left, elevation), ``[M]`` each.
+
+        On the road (``z = -height_m``) unless :attr:`use_elevation`.
+
+        Returns:
+            ``(uv [M, 2] float64, forward distance [M] float64)``; points behind the camera get NaN pixels.
+        """
+        r, az, el = (np.asarray(v, dtype=np.float64) for v in (range_m, azimuth_rad, elevation_rad))
+        ox, oy, oz = self.sensor_offset_m
+        if self.use_elevation:
+            x = r * np.cos(el) * np.cos(az) + ox  # forward
+            y = r * np.cos(el) * np.sin(az) + oy  # left
+            z = r * np.sin(el) + oz  # up
+        else:
+            x = r * np.cos(az) + ox
+            y = r * np.sin(az) + oy
+            z = np.full_like(x, -self.height_m)  # on the road
+        ok = x > 0.1
+        safe = np.where(ok, x, 1.0)
+        uv = np.stack([self.cx - self.fx * y / safe, self.cy - self.fy * z / safe], axis=1)  # [M, 2]
+        uv[~ok] = np.nan
+        return uv, x
+
+    def ground_point(self, row: float, col: float) -> tuple[float, float] | None:
+        """(range m, azimuth rad, positive left) of the road point under pixel (row, col); None above the horizon.
+
+        The inverse of :meth:`project` on the road.
+        """
+        below = row - self.cy
+        if below <= 0.5:
+            return None
+        forward = self.fy * self.height_m / below
+        lateral = forward * (self.cx - col) / self.fx  # positive to the left
+        return math.hypot(forward, lateral), math.atan2(lateral, forward)
 
 
 @dataclass(frozen=True)
@@ -41,11 +117,15 @@ class CameraModel:
     max_depth_m: float = 1000.0
     canyon_height_m: float | None = 12.0
 
+    def pinhole(self, height: int, width: int) -> Pinhole:
+        """The intrinsics of this camera at ``height x width`` pixels."""
+        return Pinhole.from_fov(width, height, self.hfov_deg, self.height_m, self.horizon_frac)
+
     def focal_px(self, width: int) -> float:
-        return (width / 2.0) / math.tan(math.radians(self.hfov_deg) / 2.0)
+        return self.pinhole(1, width).fx
 
     def horizon_row(self, height: int) -> float:
-        return self.horizon_frac * height
+        return self.pinhole(height, 1).cy
 
     def row_depth(self, height: int, width: int) -> np.ndarray:
         """Distance seen by each pixel row, float32 ``[H]``: road below the horizon, canyon (or max) above."""
@@ -93,13 +173,7 @@ class CameraModel:
 
     def ground_point(self, row: float, col: float, height: int, width: int) -> tuple[float, float] | None:
         """(range m, azimuth rad, positive left) of the road point under pixel (row, col); None above the horizon."""
-        below = row - self.horizon_row(height)
-        if below <= 0.5:
-            return None
-        f = self.focal_px(width)
-        forward = f * self.height_m / below
-        lateral = forward * (width / 2.0 - col) / f  # positive to the left
-        return math.hypot(forward, lateral), math.atan2(lateral, forward)
+        return self.pinhole(height, width).ground_point(row, col)
 
     def metadata(self, prefix: str, height: int, width: int) -> dict[str, str]:
         return {
@@ -126,8 +200,13 @@ class Blob:
     col_max: int
 
 
-def connected_blobs(mask: np.ndarray) -> list[Blob]:
-    """8-connected components of a boolean mask ``[H, W]`` (run-length labelling, no scipy)."""
+def connected_blobs(mask: np.ndarray, *, diagonal: bool = True) -> list[Blob]:
+    """Connected components of a boolean mask ``[H, W]`` (run-length labelling, no scipy).
+
+    Args:
+        mask: the pixels (or grid cells) to group.
+        diagonal: 8-connected (pixels touching at a corner join); False: 4-connected.
+    """
     h, w = mask.shape
     padded = np.zeros((h, w + 2), dtype=np.int8)
     padded[:, 1:-1] = mask
@@ -146,12 +225,13 @@ def connected_blobs(mask: np.ndarray) -> list[Blob]:
             i = parent[i]
         return i
 
+    touch = 1 if diagonal else 0
     row_start = np.searchsorted(starts_r, np.arange(h + 1)).tolist()
     sc, ec = starts_c.tolist(), ends_c.tolist()
     for r in range(1, h):
         i, i_end, j, j_end = row_start[r - 1], row_start[r], row_start[r], row_start[r + 1]
         while i < i_end and j < j_end:
-            if sc[i] <= ec[j] + 1 and sc[j] <= ec[i] + 1:  # overlap or diagonal touch
+            if sc[i] <= ec[j] + touch and sc[j] <= ec[i] + touch:  # overlap (or diagonal touch)
                 ri, rj = find(i), find(j)
                 if ri != rj:
                     parent[max(ri, rj)] = min(ri, rj)

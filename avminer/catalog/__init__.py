@@ -1,7 +1,7 @@
 """The provenance catalog: the system's database of samples, labels, datasets and releases, and its HTTP API.
 
 - :mod:`avminer.catalog.catalog` — the schema (``catalog.sql``) and the DAO over SQLite or PostgreSQL;
-- :mod:`avminer.catalog.api` — frozen datasets over HTTP (``avminer datasets serve``).
+- :mod:`avminer.catalog.api` — frozen datasets over HTTP (``avminer catalog serve``).
 
 The miner's sinks write into it, the label tools and the trainer read from it; it imports none of them.
 """

@@ -16,6 +16,10 @@ Datasets: :meth:`Catalog.create_dataset` freezes a :class:`DatasetQuery` into a 
 (``1, 2, ...``) of a dataset id; a frozen version never changes, even when labels are later replaced.
 A training run names one dataset version, so :meth:`Catalog.trained_on` answers "which labels trained
 model v7".
+
+Why one module of ~800 lines: it is one DAO over one schema, and each table's writes sit beside the
+reads that depend on their upsert rules (a sample's state only moves forward); the HTTP API is apart
+(:mod:`avminer.catalog.api`).
 """
 
 from __future__ import annotations

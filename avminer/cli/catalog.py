@@ -7,6 +7,9 @@ Examples::
     avminer catalog stats
     avminer catalog runs
     avminer catalog show SAMPLE_ID
+    avminer catalog freeze dusk --query '{"slices": ["dusk/*/*"]}'   # the next version of dataset 'dusk'
+    avminer catalog datasets                                  # frozen dataset versions
+    avminer catalog serve                                     # the datasets HTTP API
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ def register(sub: Any) -> None:
     show = cs.add_parser("show", help="everything the catalog knows about one sample")
     show.add_argument("sample_id")
     show.set_defaults(func=_show)
+
+    from avminer.cli.catalog_datasets import add_actions
+
+    add_actions(cs)
 
 
 def add_catalog_argument(parser: argparse.ArgumentParser) -> None:

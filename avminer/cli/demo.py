@@ -35,7 +35,8 @@ def register(sub: Any) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     from avminer.config import load_settings
-    from avminer.mining.daemon import run_miner, sample_drive_path
+    from avminer.datasets import sample_drive_path
+    from avminer.mining.daemon import run_miner
     from avminer.mining.profiles import SAMPLE, describe, sample_selection
     from avminer.mining.report import MiningReport
     from avminer.report.build import write_run_report

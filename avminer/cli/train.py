@@ -3,8 +3,8 @@
     avminer train run --data DIR --out BUNDLE_DIR [--day-only] [--epochs N] [--width W] [--size HxW]
     avminer train gate --candidate BUNDLE [--production BUNDLE] --data DIR [--margin M]
     avminer train release BUNDLE [--production BUNDLE --data DIR] [--dataset-id ID]
-    avminer train serve [--data DIR] [--threads N]        (also: avminer train --serve)
-    avminer train report --data DIR [--quick] [--methods ...]   (also: avminer train-report)
+    avminer train serve [--data DIR] [--threads N]
+    avminer train report --data DIR [--quick] [--methods ...]
 
 Defaults come from the ``trainer`` settings section; flags override them. ``gate`` exits with status 3
 when a slice regressed beyond the margin; ``release`` refuses (status 2) without uploading anything.
@@ -36,7 +36,6 @@ def register(sub: Any) -> None:
         "train", help="train, gate and release ensembles (the trainer service)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--serve", action="store_true", help="same as 'avminer train serve'")
     tsub = parser.add_subparsers(dest="train_command", metavar="ACTION")
 
     run = tsub.add_parser("run", help="train an ensemble on labeled frames and write a bundle")
@@ -98,10 +97,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     action = getattr(args, "train_func", None)
     if action is not None:
         return int(action(args))
-    if args.serve:
-        args.data = getattr(args, "data", None)
-        args.threads = getattr(args, "threads", 0)
-        return _serve(args)
     args._parser.print_help()
     return 2
 

@@ -1,5 +1,6 @@
-"""``avminer train report --data DIR`` (alias ``avminer train-report``): baseline vs pruned vs low-rank vs
-ExpandNets, in one table."""
+"""``avminer train report --data DIR``: baseline vs pruned vs low-rank vs ExpandNets, in one table.
+
+Registered by :mod:`avminer.cli.train` (this module has no ``register``: it is not a top-level command)."""
 
 from __future__ import annotations
 
@@ -20,13 +21,8 @@ PARSER_TEXT = {
 }
 
 
-def register(sub: Any) -> None:
-    """``avminer train-report`` (kept as an alias of ``avminer train report``, registered by ``cli.train``)."""
-    add_arguments(sub.add_parser("train-report", **PARSER_TEXT))
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The report's options, shared by ``avminer train report`` and ``avminer train-report``."""
+    """The options of ``avminer train report``."""
     parser.add_argument("--data", required=True, metavar="DIR", help="CamVid-layout folder holding manifest.csv")
     parser.add_argument("--quick", action="store_true",
                         help="width 0.25, 88x120, every 2nd training frame, 12 epochs at lr 5e-3 (minutes)")

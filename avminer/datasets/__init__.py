@@ -1,4 +1,12 @@
-"""Datasets turned into drive logs (CamVid layout), and the small sample drive shipped with avminer."""
+"""Datasets turned into drive logs, and the small sample drive shipped with avminer.
+
+- :mod:`avminer.datasets.layout` — a CamVid-layout folder: manifest rows, ``classes.json``, frame and label files;
+- :mod:`avminer.datasets.conditions` — condition synthesis: fog and night variants of clear frames;
+- :mod:`avminer.datasets.radar` — simulated radar scans from label maps;
+- :mod:`avminer.datasets.drive` — the drive-log writer (frames, GPS, radar, ground-truth side file).
+
+The camera geometry they share is :mod:`avminer.geometry`; the image and mask codecs are :mod:`avminer.images`.
+"""
 
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ from avminer.events.records import LabelResult
 from avminer.labels.masks import InvalidLabelError, encode_mask_png, image_size, validate_mask
 from avminer.metrics import DEAD_LETTERS, LABELS_BACK
 from avminer.sinks.base import retry_until_available
+from avminer.sinks.kafka_topic import dead_letter_headers
 from avminer.storage.base import MASK, FrameStore
 
 log = logging.getLogger(__name__)
@@ -85,17 +86,6 @@ class ConsumeStats:
     ok: int = 0
     invalid: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
-
-
-def dead_letter_headers(topic: str, partition: int, offset: int, reason: str, error: str) -> list[tuple[str, bytes]]:
-    """Kafka headers of a dead letter (same names as :mod:`avminer.mining.deadletter`)."""
-    return [
-        ("reason", reason.encode()),
-        ("error", error[:1000].encode("utf-8", "replace")),
-        ("source_topic", topic.encode()),
-        ("source_partition", str(partition).encode()),
-        ("source_offset", str(offset).encode()),
-    ]
 
 
 def make_consumer(settings: Settings, topic: str, group_id: str, **overrides: Any) -> Any:

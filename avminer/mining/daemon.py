@@ -37,11 +37,6 @@ from avminer.sources.base import Source
 log = logging.getLogger(__name__)
 
 
-def sample_drive_path() -> Path:
-    """The small drive log shipped inside the package (embedded mode's default input)."""
-    return Path(__file__).resolve().parent.parent / "data" / "sample_drive.avro"
-
-
 def catalog_url(settings: Settings) -> str:
     """``sinks.catalog_url``, else a SQLite file in the output directory (:func:`avminer.sinks.default_catalog_url`)."""
     from avminer.catalog import default_catalog_url
@@ -74,40 +69,31 @@ class _Parts:
 
 def _open_parts(settings: Settings, drive_log: str | Path | None, frames: int | None, repeat: bool) -> _Parts:
     from avminer.catalog.catalog import open_catalog
-    from avminer.sinks.base import MinedSampleWriter
-    from avminer.sinks.local import LocalDecisionSink, LocalRequestSink
-    from avminer.storage.local import LocalFrameStore
+    from avminer.sinks import open_writer
+    from avminer.sinks.registry import Shared
 
     out = Path(settings.sinks.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     closers: list[Callable[[], None]] = []
     catalog = open_catalog(catalog_url(settings))
     closers.append(catalog.close)
-    store: Any
-    if settings.sinks.s3.endpoint_url:
-        from avminer.storage.s3 import S3FrameStore
-
-        store = S3FrameStore.from_settings(settings.sinks.s3)
-    else:
-        store = LocalFrameStore(out)
     source: Source
     dead_letters: DeadLetterSink
     if settings.embedded:
+        from avminer.datasets import sample_drive_path
         from avminer.sources.drivelog import DriveLogSource
 
         path = drive_log or settings.source.drive_log or sample_drive_path()
         source = DriveLogSource(path, settings.topics.frames, settings.topics.radar, frames=frames, repeat=repeat)
-        writer = MinedSampleWriter(store, LocalRequestSink(out), LocalDecisionSink(out), catalog)
+        writer = open_writer(settings, catalog)
         dead_letters = LocalDeadLetters(out)
     else:
-        from avminer.sinks.kafka_topic import KafkaDecisionSink, KafkaRequestSink, make_producer
+        from avminer.sinks.kafka_topic import make_producer
         from avminer.sources.kafka import KafkaSource
 
         producer = make_producer(settings.kafka)
         closers.append(lambda: producer.close(timeout=5))
-        requests = KafkaRequestSink(settings.kafka, settings.topics.label_requests, producer=producer)
-        decisions = KafkaDecisionSink(settings.kafka, settings.topics.decisions, producer=producer)
-        writer = MinedSampleWriter(store, requests, decisions, catalog)
+        writer = open_writer(settings, catalog, Shared(producer=producer))
         dead_letters = KafkaDeadLetters(settings, producer=producer)
         source = KafkaSource(settings)
     # Closed in reverse: source first (leave the group), then sinks, then the producer and catalog.
@@ -303,4 +289,4 @@ def _start_fleet(settings: Settings, policy: Any) -> Any:
         return None
 
 
-__all__ = ["ReleaseFollower", "catalog_url", "open_engines", "run_miner", "sample_drive_path"]
+__all__ = ["ReleaseFollower", "catalog_url", "open_engines", "run_miner"]

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from avminer.config import Settings
 from avminer.metrics import DEAD_LETTERS
+from avminer.sinks.kafka_topic import dead_letter_headers
 from avminer.sources.base import SourceMessage
 
 log = logging.getLogger(__name__)
@@ -36,17 +37,6 @@ def original_bytes(msg: SourceMessage) -> bytes:
     from avminer.events import codec
 
     return codec.encode(msg.record)
-
-
-def dead_letter_headers(msg: SourceMessage, reason: str, error: str) -> list[tuple[str, bytes]]:
-    """Kafka headers of a dead letter."""
-    return [
-        ("reason", reason.encode()),
-        ("error", error[:1000].encode("utf-8", "replace")),
-        ("source_topic", msg.topic.encode()),
-        ("source_partition", str(msg.partition).encode()),
-        ("source_offset", str(msg.offset).encode()),
-    ]
 
 
 class DeadLetterSink(Protocol):
@@ -80,7 +70,7 @@ class KafkaDeadLetters:
 
         try:
             future = self._producer.send(
-                self.topic, key=msg.key, value=original_bytes(msg), headers=dead_letter_headers(msg, reason, error)
+                self.topic, key=msg.key, value=original_bytes(msg), headers=dead_letter_headers(msg.topic, msg.partition, msg.offset, reason, error)
             )
         except KafkaError as exc:
             failed(exc)

@@ -14,7 +14,6 @@ Other encodings go through Pillow.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
@@ -75,7 +74,9 @@ def fetch_file_uri(uri: str) -> bytes:
     """Read a ``file://`` image URI (the default fetcher; S3 URIs need a store's ``get``)."""
     if not uri.startswith("file://"):
         raise DecodeError(f"cannot fetch {uri!r}: only file:// URIs without an object store")
-    return Path(uri[len("file://"):]).read_bytes()
+    from avminer.storage.local import path_of_file_uri
+
+    return path_of_file_uri(uri).read_bytes()
 
 
 def image_bytes(frame: CameraFrame, fetch: Callable[[str], bytes] | None = None) -> bytes:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import struct
 import threading
 import time
 import uuid
@@ -27,6 +26,7 @@ from avminer.config import Settings
 from avminer.errors import SelectionError, SourceError
 from avminer.metrics import KAFKA_ERRORS
 from avminer.selection.policy import SelectionPolicy
+from avminer.utils.packing import PackingError, pack_named, unpack_named
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,7 @@ _VERSION = 1
 
 def encode_sketches(sketches: Mapping[str, bytes]) -> bytes:
     """Pack a ``slice -> packed sketches`` mapping into one message value."""
-    parts = [struct.pack("<BI", _VERSION, len(sketches))]
-    for key, raw in sorted(sketches.items()):
-        k = key.encode()
-        parts.append(struct.pack("<H", len(k)) + k + struct.pack("<I", len(raw)) + raw)
-    return b"".join(parts)
+    return pack_named(_VERSION, sketches, count="I", name_length="H")
 
 
 def decode_sketches(data: bytes) -> dict[str, bytes]:
@@ -49,22 +45,9 @@ def decode_sketches(data: bytes) -> dict[str, bytes]:
         SelectionError: truncated, malformed or of another version.
     """
     try:
-        version, n = struct.unpack_from("<BI", data, 0)
-        if version != _VERSION:
-            raise SelectionError(f"fleet sketch message version {version} is not {_VERSION}; upgrade avminer")
-        pos, out = 5, {}
-        for _ in range(n):
-            (kl,) = struct.unpack_from("<H", data, pos)
-            key = data[pos + 2: pos + 2 + kl].decode()
-            (size,) = struct.unpack_from("<I", data, pos + 2 + kl)
-            start = pos + 6 + kl
-            if start + size > len(data):
-                raise SelectionError("fleet sketch message truncated")
-            out[key] = bytes(data[start: start + size])
-            pos = start + size
-    except (struct.error, UnicodeDecodeError) as exc:
-        raise SelectionError(f"fleet sketch message is malformed ({exc})") from exc
-    return out
+        return unpack_named(data, _VERSION, count="I", name_length="H")
+    except PackingError as exc:
+        raise SelectionError(f"fleet sketch message: {exc}") from exc
 
 
 def default_miner_id() -> str:

@@ -1,6 +1,7 @@
 """Camera-radar disagreement: radar detections projected into the image and checked against the ensemble.
 
-Geometry (the same as the radar simulator of :mod:`avminer.datasets.radar`): a pinhole camera
+Geometry (:class:`avminer.geometry.Pinhole`, the same as the radar simulator of
+:mod:`avminer.datasets.radar`): a pinhole camera
 ``height_m`` = 1.2 m above a flat road, horizontal field of view 60 degrees, principal point (and
 horizon) at the image centre, and the radar co-located with the camera, same boresight. Automotive
 radars resolve elevation poorly, so by default a detection is placed **on the road**: at range ``r``
@@ -23,14 +24,12 @@ The score is ``(missed + ghosts) / (moving detections + blobs)`` in [0, 1]; 0 wi
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from avminer.errors import ScoringError
+from avminer.geometry import Blob, Pinhole, connected_blobs
 from avminer.scoring.inputs import RadarReturn
 from avminer.taxonomy import CAMVID
 
@@ -39,39 +38,9 @@ OBJECT_CLASSES = ("car", "pedestrian", "bicyclist")
 
 
 
-@dataclass(frozen=True)
-class CameraModel:
-    """Pinhole intrinsics at the resolution of the prediction, plus the radar's offset from the camera.
-
-    Attributes:
-        fx, fy: focal lengths in pixels.
-        cx, cy: principal point in pixels (cy is also the horizon row of a level camera).
-        height_m: camera height above the road (ground-plane placement of detections).
-        use_elevation: place detections by their reported elevation instead of on the road.
-        radar_offset_m: radar position in the camera frame (forward, left, up), metres.
-    """
-
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    height_m: float = 1.2
-    use_elevation: bool = False
-    radar_offset_m: tuple[float, float, float] = (0.0, 0.0, 0.0)
-
-    @classmethod
-    def from_fov(cls, width: int, height: int, hfov_deg: float = 60.0, height_m: float = 1.2) -> CameraModel:
-        """Square pixels, principal point at the centre, horizontal field of view ``hfov_deg``."""
-        f = (width / 2.0) / math.tan(math.radians(hfov_deg) / 2.0)
-        return cls(fx=f, fy=f, cx=width / 2.0, cy=height / 2.0, height_m=height_m)
-
-    def scaled(self, sx: float, sy: float) -> CameraModel:
-        """The same camera at a resized resolution (``sx = new_width / old_width``)."""
-        return dataclasses.replace(self, fx=self.fx * sx, fy=self.fy * sy, cx=self.cx * sx, cy=self.cy * sy)
-
-
-def project(detections: Sequence[RadarReturn], camera: CameraModel) -> tuple[np.ndarray, np.ndarray]:
-    """Project detections to pixels (ground-plane placement unless ``camera.use_elevation``).
+def project(detections: Sequence[RadarReturn], camera: Pinhole) -> tuple[np.ndarray, np.ndarray]:
+    """Project detections to pixels (:meth:`avminer.geometry.Pinhole.project`: on the road unless
+    ``camera.use_elevation``; ``camera.sensor_offset_m`` is the radar's position).
 
     Returns:
         ``(uv [M, 2] float64, forward [M] float64)``; detections behind the camera get NaN pixels.
@@ -79,50 +48,14 @@ def project(detections: Sequence[RadarReturn], camera: CameraModel) -> tuple[np.
     if not detections:
         return np.zeros((0, 2)), np.zeros(0)
     a = np.array([(d.range_m, d.azimuth_rad, d.elevation_rad) for d in detections], dtype=np.float64)  # [M, 3]
-    r, az, el = a[:, 0], a[:, 1], a[:, 2]
-    ox, oy, oz = camera.radar_offset_m
-    if camera.use_elevation:
-        x = r * np.cos(el) * np.cos(az) + ox  # forward
-        y = r * np.cos(el) * np.sin(az) + oy  # left
-        z = r * np.sin(el) + oz  # up
-    else:
-        x = r * np.cos(az) + ox
-        y = r * np.sin(az) + oy
-        z = np.full_like(x, -camera.height_m)  # on the road
-    ok = x > 0.1
-    safe = np.where(ok, x, 1.0)
-    uv = np.stack([camera.cx - camera.fx * y / safe, camera.cy - camera.fy * z / safe], axis=1)  # [M, 2]
-    uv[~ok] = np.nan
-    return uv, x
-
-
-def _components(mask: np.ndarray) -> list[np.ndarray]:
-    """4-connected components of a small boolean grid, as arrays of (row, col) cells."""
-    h, w = mask.shape
-    seen = np.zeros_like(mask, dtype=bool)
-    comps: list[np.ndarray] = []
-    for r0, c0 in zip(*np.nonzero(mask), strict=True):
-        if seen[r0, c0]:
-            continue
-        stack = [(int(r0), int(c0))]
-        seen[r0, c0] = True
-        cells = []
-        while stack:
-            r, c = stack.pop()
-            cells.append((r, c))
-            for rr, cc in ((r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1)):
-                if 0 <= rr < h and 0 <= cc < w and mask[rr, cc] and not seen[rr, cc]:
-                    seen[rr, cc] = True
-                    stack.append((rr, cc))
-        comps.append(np.array(cells))
-    return comps
+    return camera.project(a[:, 0], a[:, 1], a[:, 2])
 
 
 def radar_disagreement(
     pred: np.ndarray,
     detections: Sequence[RadarReturn] | None,
     image_size: tuple[int, int],
-    camera: CameraModel | None = None,
+    camera: Pinhole | None = None,
     classes: Sequence[str] = CAMVID.classes,
     ego_speed_mps: float = 0.0,
     min_speed_mps: float = 0.8,
@@ -154,7 +87,7 @@ def radar_disagreement(
         return 0.0
     h, w = p.shape
     width, height = image_size
-    cam = (camera or CameraModel.from_fov(width, height)).scaled(w / width, h / height)
+    cam = (camera or Pinhole.from_fov(width, height)).scaled(w / width, h / height)
     obj_ids = [i for i, name in enumerate(classes) if name in OBJECT_CLASSES]
     is_obj = np.isin(p, obj_ids)  # [H, W]
 
@@ -176,15 +109,15 @@ def radar_disagreement(
             missed += 1
 
     gh, gw = h // cell, w // cell
-    blobs: list[np.ndarray] = []
+    blobs: list[Blob] = []
     if gh and gw:
         occupancy = is_obj[: gh * cell, : gw * cell].reshape(gh, cell, gw, cell).mean(axis=(1, 3))  # [gh, gw]
-        blobs = [b for b in _components(occupancy >= 0.5) if len(b) >= min_blob_cells]
+        blobs = [b for b in connected_blobs(occupancy >= 0.5, diagonal=False) if b.area >= min_blob_cells]
     ghosts = 0
     pts = uv[inside]  # [M', 2]
     for b in blobs:
-        r0, c0 = b.min(axis=0) - 1  # grow the box by one cell
-        r1, c1 = b.max(axis=0) + 2
+        r0, c0 = b.row_min - 1, b.col_min - 1  # grow the box by one cell
+        r1, c1 = b.row_max + 2, b.col_max + 2
         hit = (pts[:, 0] >= c0 * cell) & (pts[:, 0] < c1 * cell) & (pts[:, 1] >= r0 * cell) & (pts[:, 1] < r1 * cell)
         if not hit.any():
             ghosts += 1

@@ -25,9 +25,10 @@ import numpy as np
 
 from avminer.config import ScoringSettings
 from avminer.errors import ScoringError
+from avminer.geometry import Pinhole
 from avminer.scoring.conditions import tag
 from avminer.scoring.inputs import FrameInfo, RadarSweep
-from avminer.scoring.radar import CameraModel, radar_disagreement
+from avminer.scoring.radar import radar_disagreement
 from avminer.scoring.shift import ALL, DriftMonitor, ShiftReference, max_softmax_score
 from avminer.scoring.uncertainty import (
     MEASURES,
@@ -89,7 +90,7 @@ class Scorer:
         settings: ScoringSettings,
         classes: Sequence[str],
         reference: ShiftReference | None,
-        camera: CameraModel | None = None,
+        camera: Pinhole | None = None,
         observer: Callable[[list[FrameScore], Scorer], None] | None = None,
     ) -> None:
         self.settings = settings

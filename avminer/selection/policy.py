@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import struct
 import threading
 import time
 from collections import Counter
@@ -53,6 +52,7 @@ from avminer.errors import SelectionError
 from avminer.selection.budget import TokenBucket
 from avminer.selection.memory import EmbeddingMemory, normalize
 from avminer.selection.sketch import QuantileSketch
+from avminer.utils.packing import PackingError, pack_named, unpack_named
 
 COMPONENTS = ("mi", "shift", "radar", "novelty")
 """Score components of the priority, in order."""
@@ -109,11 +109,7 @@ def _new_sketches() -> dict[str, QuantileSketch]:
 
 def pack_sketches(sketches: Mapping[str, QuantileSketch]) -> bytes:
     """One slice's named sketches as bytes: ``u8 version | u8 n | (u8 len, name, u32 len, sketch)*``."""
-    parts = [struct.pack("<BB", _PACK_VERSION, len(sketches))]
-    for name, sk in sorted(sketches.items()):
-        raw_name, raw = name.encode(), sk.to_bytes()
-        parts.append(struct.pack("<B", len(raw_name)) + raw_name + struct.pack("<I", len(raw)) + raw)
-    return b"".join(parts)
+    return pack_named(_PACK_VERSION, {name: sk.to_bytes() for name, sk in sketches.items()})
 
 
 def unpack_sketches(data: bytes) -> dict[str, QuantileSketch]:
@@ -123,22 +119,10 @@ def unpack_sketches(data: bytes) -> dict[str, QuantileSketch]:
         SelectionError: truncated or of an unknown version.
     """
     try:
-        version, n = struct.unpack_from("<BB", data, 0)
-        if version != _PACK_VERSION:
-            raise SelectionError(f"sketch pack version {version} is not {_PACK_VERSION}; upgrade avminer")
-        pos, out = 2, {}
-        for _ in range(n):
-            (ln,) = struct.unpack_from("<B", data, pos)
-            name = data[pos + 1: pos + 1 + ln].decode()
-            (size,) = struct.unpack_from("<I", data, pos + 1 + ln)
-            start = pos + 5 + ln
-            if start + size > len(data):
-                raise SelectionError("sketch pack truncated")
-            out[name] = QuantileSketch.from_bytes(data[start: start + size])
-            pos = start + size
-    except (struct.error, UnicodeDecodeError) as exc:
-        raise SelectionError(f"sketch pack is malformed ({exc})") from exc
-    return out
+        raw = unpack_named(data, _PACK_VERSION)
+    except PackingError as exc:
+        raise SelectionError(f"sketch pack: {exc}") from exc
+    return {name: QuantileSketch.from_bytes(blob) for name, blob in raw.items()}
 
 
 CENTER_HORIZON = 512

@@ -4,8 +4,9 @@ The interfaces live in :mod:`avminer.sinks.base`; blob stores in :mod:`avminer.s
 in :mod:`avminer.catalog`. :func:`open_writer` builds the writer the pipeline uses from the settings:
 
 - ``sinks.s3.endpoint_url`` set → frames in S3, else in ``sinks.output_dir/frames``;
-- ``kafka.bootstrap_servers`` set → requests and decisions on their topics, else
-  ``requests.jsonl``/``decisions.jsonl`` in ``sinks.output_dir``;
+- requests and decisions to the sink ``sinks.queues`` names in :mod:`avminer.sinks.registry` (by
+  default their Kafka topics when ``kafka.bootstrap_servers`` is set, else ``requests.jsonl`` /
+  ``decisions.jsonl`` in ``sinks.output_dir``);
 - the catalog from ``sinks.catalog_url`` (default: ``sqlite:///<output_dir>/catalog.db``).
 
 Client libraries (boto3, kafka-python, psycopg) are imported only by the module that needs them.
@@ -25,6 +26,7 @@ from avminer.sinks.base import (
     WriteReport,
     retry_until_available,
 )
+from avminer.sinks.registry import Shared, open_queues
 from avminer.storage import open_frame_store
 
 if TYPE_CHECKING:
@@ -43,29 +45,19 @@ __all__ = [
 ]
 
 
-def open_writer(settings: Settings, catalog: Catalog | None = None) -> MinedSampleWriter:
+def open_writer(settings: Settings, catalog: Catalog | None = None, shared: Shared | None = None) -> MinedSampleWriter:
     """Build the pipeline's :class:`MinedSampleWriter` from the settings.
 
     Args:
         settings: the process settings.
         catalog: an open catalog to record samples in; None opens :func:`default_catalog_url`
             (the caller closes it via ``writer.catalog.close()``).
+        shared: clients to lend the sinks (the miner's one Kafka producer).
     """
     from avminer.catalog.catalog import open_catalog
 
     store = open_frame_store(settings)
-    requests: RequestSink
-    decisions: DecisionSink
-    if settings.kafka.bootstrap_servers:
-        from avminer.sinks.kafka_topic import KafkaDecisionSink, KafkaRequestSink
-
-        requests = KafkaRequestSink(settings.kafka, settings.topics.label_requests)
-        decisions = KafkaDecisionSink(settings.kafka, settings.topics.decisions)
-    else:
-        from avminer.sinks.local import LocalDecisionSink, LocalRequestSink
-
-        requests = LocalRequestSink(settings.sinks.output_dir)
-        decisions = LocalDecisionSink(settings.sinks.output_dir)
+    requests, decisions = open_queues(settings, shared)
     if catalog is None:
         catalog = open_catalog(default_catalog_url(settings))
     return MinedSampleWriter(store, requests, decisions, catalog)

@@ -46,6 +46,21 @@ def make_producer(settings: KafkaSettings, **overrides: Any) -> Any:
         ) from exc
 
 
+def dead_letter_headers(topic: str, partition: int, offset: int, reason: str, error: str) -> list[tuple[str, bytes]]:
+    """Kafka headers of a dead letter: why it was refused and where it came from.
+
+    The one header layout for every dead-letter topic (the miner's poison frames, the label consumer's
+    refused results), so one tool reads them all.
+    """
+    return [
+        ("reason", reason.encode()),
+        ("error", error[:1000].encode("utf-8", "replace")),
+        ("source_topic", topic.encode()),
+        ("source_partition", str(partition).encode()),
+        ("source_offset", str(offset).encode()),
+    ]
+
+
 class KafkaRecordSink:
     """Sends records keyed by ``record.sample_id``; durable after :meth:`flush`.
 

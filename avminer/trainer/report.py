@@ -15,7 +15,7 @@ model never saw, so the dusk column measures how compression changes robustness 
 
 Settings.
 
-- full (``avminer train-report --data DIR``): the ``trainer`` settings (width 0.25, 176×240, 30 epochs,
+- full (``avminer train report --data DIR``): the ``trainer`` settings (width 0.25, 176×240, 30 epochs,
   batch 8, Adam 2e-3 with a poly schedule), λ_g = 0.5, τ = 0.3, energy 0.99, r = 4. ``--width 0.5`` is the
   issue's probe (ERFNet-half, ~19 s per baseline epoch over 468 frames on two cores); ExpandNets' expanded
   member costs roughly 5-10× a baseline epoch, so the full report takes hours on two cores.

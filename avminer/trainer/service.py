@@ -171,18 +171,28 @@ class TrainerService:
         ``interrupted``): the state keeps the run, and the next call resumes it. Errors propagate with the
         run still in the state; :meth:`attempt` is what drops a failed run.
         """
-        from avminer import metrics as prom
+        run_id, version = self._begin_run()
+        run_dir = self.work_dir / "runs" / run_id
+        production = self._production_bundle()
+        size = (production.input_height, production.input_width) if production else (
+            self.t.input_height, self.t.input_width)
+        train, held = self._run_frames(run_id, version, run_dir, size)
+        prod_model, result = self._train(production, train, held, run_dir, stop)
+        if not result.completed:
+            log.info("run %s stopped after epoch %d of %d; it resumes at the next start", run_id,
+                     len(result.history), self.t.epochs)
+            return {"run_id": run_id, "dataset_version": version, "result": "interrupted",
+                    "epochs_done": len(result.history)}
+        report = self._gate(result.model, prod_model, held)
+        summary: dict[str, Any] = {"run_id": run_id, "dataset_version": version, "train_frames": len(train),
+                                   "held_out_frames": len(held), "gate": report.as_dict()}
+        summary.update(self._conclude(run_id, version, report, result, production, train, run_dir / "bundle", size))
+        self._finish(summary)
+        return summary
+
+    def _begin_run(self) -> tuple[str, int]:
+        """(run id, frozen dataset version): the run in progress, else a new one on a fresh dataset version."""
         from avminer.catalog.catalog import DatasetQuery
-        from avminer.engines import default_bundle_path
-        from avminer.engines.bundle import load_bundle
-        from avminer.models.arch import erfnet_arch
-        from avminer.models.ensemble import build_ensemble, load_ensemble
-        from avminer.taxonomy import CAMVID
-        from avminer.trainer.data import LabeledFrames
-        from avminer.trainer.gates import compare, enforce, gate_groups, gate_metrics
-        from avminer.trainer.release import export_release_bundle, fit_reference, release
-        from avminer.trainer.run import RunSpec, load_camvid_splits
-        from avminer.trainer.train import TrainConfig, train_ensemble
 
         st = self.state
         if st.run_id is None:
@@ -191,12 +201,22 @@ class TrainerService:
             ds = self.catalog.create_dataset(DATASET_ID, DatasetQuery(labeled_only=True))
             st.dataset_version = ds.version
             st.save(self.state_path)
-        run_id, version = st.run_id, int(st.dataset_version or 0)
-        run_dir = self.work_dir / "runs" / run_id
-        prod_path = Path(st.production or self.settings.engine.bundle or default_bundle_path())
-        production = load_bundle(prod_path) if (prod_path / "manifest.json").exists() else None
-        size = (production.input_height, production.input_width) if production else (
-            self.t.input_height, self.t.input_width)
+        return st.run_id, int(st.dataset_version or 0)
+
+    def _production_bundle(self) -> Any:
+        """The bundle in production (the last release, else ``engine.bundle``, else the starter), if on disk."""
+        from avminer.engines import default_bundle_path
+        from avminer.engines.bundle import load_bundle
+
+        prod_path = Path(self.state.production or self.settings.engine.bundle or default_bundle_path())
+        return load_bundle(prod_path) if (prod_path / "manifest.json").exists() else None
+
+    def _run_frames(self, run_id: str, version: int, run_dir: Path, size: tuple[int, int]) -> tuple[Any, Any]:
+        """(train, held-out) frames: the base CamVid data's splits plus the frozen fleet labels."""
+        from avminer.trainer.data import LabeledFrames
+        from avminer.trainer.run import RunSpec, load_camvid_splits
+        from avminer.trainer.train import TrainConfig
+
         train_parts: list[LabeledFrames] = []
         held_parts: list[LabeledFrames] = []
         if self.base_data is not None:
@@ -210,7 +230,15 @@ class TrainerService:
         held_parts += [fleet_held] if fleet_held is not None else []
         if not train_parts or not held_parts:
             raise TrainerError(f"run {run_id}: need training and held-out frames (base data or more fleet labels)")
-        train, held = LabeledFrames.concat(train_parts), LabeledFrames.concat(held_parts)
+        return LabeledFrames.concat(train_parts), LabeledFrames.concat(held_parts)
+
+    def _train(
+        self, production: Any, train: Any, held: Any, run_dir: Path, stop: threading.Event | None
+    ) -> tuple[Any, Any]:
+        """(production model or None, training result): the candidate fine-tuned from production."""
+        from avminer.models.arch import erfnet_arch
+        from avminer.models.ensemble import build_ensemble, load_ensemble
+        from avminer.trainer.train import TrainConfig, train_ensemble
 
         prod_model = load_ensemble(production.torch_path) if production and production.torch_path else None
         arch = prod_model.arch if prod_model is not None else erfnet_arch(self.t.width, members=self.t.members)
@@ -221,13 +249,15 @@ class TrainerService:
                           threads=self.threads, progress=False)
         result = train_ensemble(model, train, cfg, run_dir, eval_frames=held,
                                 should_stop=stop.is_set if stop is not None else None)
-        if not result.completed:
-            log.info("run %s stopped after epoch %d of %d; it resumes at the next start", run_id,
-                     len(result.history), cfg.epochs)
-            return {"run_id": run_id, "dataset_version": version, "result": "interrupted",
-                    "epochs_done": len(result.history)}
+        return prod_model, result
+
+    def _gate(self, candidate: Any, prod_model: Any, held: Any) -> Any:
+        """Compare candidate and production per slice (fog copies included); the gauges show both."""
+        from avminer import metrics as prom
+        from avminer.trainer.gates import compare, gate_groups, gate_metrics
+
         gated = gate_groups(held)  # the fog copies, made once for both models
-        report = compare(gate_metrics(result.model, held, prepared=gated),
+        report = compare(gate_metrics(candidate, held, prepared=gated),
                          gate_metrics(prod_model, held, prepared=gated) if prod_model is not None else None,
                          self.t.gate_margin)
         for s in report.slices:
@@ -235,34 +265,41 @@ class TrainerService:
                 prom.GATE_MIOU.labels(slice=s.slice, model="candidate").set(s.candidate)
             if s.production is not None:
                 prom.GATE_MIOU.labels(slice=s.slice, model="production").set(s.production)
-        summary: dict[str, Any] = {"run_id": run_id, "dataset_version": version, "train_frames": len(train),
-                                   "held_out_frames": len(held), "gate": report.as_dict()}
+        return report
+
+    def _conclude(
+        self, run_id: str, version: int, report: Any, result: Any, production: Any, train: Any,
+        bundle_dir: Path, size: tuple[int, int],
+    ) -> dict[str, Any]:
+        """Refuse (recorded) or export, release and record the candidate; the summary's outcome fields."""
+        from avminer import metrics as prom
+        from avminer.taxonomy import CAMVID
+        from avminer.trainer.gates import enforce
+        from avminer.trainer.release import export_release_bundle, fit_reference, release
+
         try:
             enforce(report)
         except GateRefusedError as exc:
             log.warning("run %s refused by the gates:\n%s", run_id, report.table())
             self.catalog.record_training_run(run_id, DATASET_ID, version, notes="avminer train serve: refused")
-            summary["result"] = "refused"
-            summary["error"] = str(exc).splitlines()[0]
             prom.TRAIN_RUNS.labels(result="refused").inc()
-        else:
-            bundle = export_release_bundle(
-                result.model, run_dir / "bundle", version=run_id, input_hw=size,
-                reference=fit_reference(result.model, train), metrics=result.metrics,
-                trained_on={"dataset": DATASET_ID, "dataset_version": version, "frames": len(train)},
-                classes=production.classes if production else list(CAMVID.classes),
-            )
-            if self.settings.kafka.bootstrap_servers and self.settings.sinks.s3.endpoint_url:
-                record = release(bundle.path, self.settings, gate_report=report,
-                                 dataset_id=f"{DATASET_ID}@{version}")
-                summary["bundle_uri"] = record.bundle_uri
-            st.production = str(bundle.path)
-            self.catalog.record_training_run(run_id, DATASET_ID, version, model_version=run_id,
-                                             notes="avminer train serve: released")
-            summary["result"] = "released"
-            prom.TRAIN_RUNS.labels(result="released").inc()
-        self._finish(summary)
-        return summary
+            return {"result": "refused", "error": str(exc).splitlines()[0]}
+        bundle = export_release_bundle(
+            result.model, bundle_dir, version=run_id, input_hw=size,
+            reference=fit_reference(result.model, train), metrics=result.metrics,
+            trained_on={"dataset": DATASET_ID, "dataset_version": version, "frames": len(train)},
+            classes=production.classes if production else list(CAMVID.classes),
+        )
+        outcome: dict[str, Any] = {}
+        if self.settings.kafka.bootstrap_servers and self.settings.sinks.s3.endpoint_url:
+            record = release(bundle.path, self.settings, gate_report=report, dataset_id=f"{DATASET_ID}@{version}")
+            outcome["bundle_uri"] = record.bundle_uri
+        self.state.production = str(bundle.path)
+        self.catalog.record_training_run(run_id, DATASET_ID, version, model_version=run_id,
+                                         notes="avminer train serve: released")
+        prom.TRAIN_RUNS.labels(result="released").inc()
+        outcome["result"] = "released"
+        return outcome
 
     def _new_run_id(self) -> str:
         """``run-<UTC time>-<n>``: unique even for two attempts in one second (a failed one keeps its dir)."""

@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1.7
-# The trainer service (`avminer train --serve`) on the official PyTorch CUDA runtime image.
+# The trainer service (`avminer train serve`) on the official PyTorch CUDA runtime image.
 #   docker build -f deploy/docker/trainer.Dockerfile -t avminer/trainer:0.1.0 .
 # The base image must carry torch 2.13.0 (pyproject pins torch==2.13.0 exactly); otherwise pip would
 # replace it with a CPU wheel from PyPI. Override PYTORCH_IMAGE to match your CUDA driver.
@@ -38,4 +38,4 @@ ENV AVMINER_CONFIG=/etc/avminer/miner.yaml \
 EXPOSE 9464
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["avminer"]
-CMD ["train", "--serve"]
+CMD ["train", "serve"]

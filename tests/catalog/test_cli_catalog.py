@@ -1,4 +1,4 @@
-"""`avminer catalog` and `avminer datasets freeze` answer the provenance questions from the shell."""
+"""`avminer catalog` and `avminer catalog freeze` answer the provenance questions from the shell."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_mined_at_dusk_and_trained_on(sqlite_catalog: Catalog, capsys: pytest.Ca
     assert [s["sample_id"] for s in got["samples"]] == ["s0000", "s0001"]
     assert got["samples"][0]["reasons"] == ["uncertainty"] and "mi" in got["samples"][0]["scores"]
 
-    _run(capsys, "datasets", "--catalog", url, "freeze", "dusk", "--query", '{"slices": ["dusk"]}')
+    _run(capsys, "catalog", "--catalog", url, "freeze", "dusk", "--query", '{"slices": ["dusk"]}')
     sqlite_catalog.record_training_run("run-7", "dusk", model_version="v7")
     got = _run(capsys, "catalog", "--catalog", url, "trained-on", "v7", "--json")
     assert sorted(r["sample_id"] for r in got["labels"]) == ["s0000", "s0001", "s0003"]

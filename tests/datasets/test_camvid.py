@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import math
-from collections import deque
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
-from avminer import geometry, images, taxonomy
+from avminer import geometry, taxonomy
 from avminer.cli.main import main
 from avminer.datasets import conditions, drive
 from avminer.datasets import layout as camvid_layout
@@ -21,6 +16,7 @@ from avminer.datasets import radar as sim_radar
 from avminer.errors import DatasetError
 from avminer.events.drivelog import drive_log_info, read_drive_log, read_ground_truth
 from avminer.events.records import CameraFrame, RadarScan
+from tests.datasets.support import LayoutFrame, write_layout
 
 SHARED_CAMVID = Path(__file__).resolve().parents[3] / "shared" / "data" / "camvid"
 H, W = 72, 96
@@ -36,22 +32,11 @@ def _label(car_row: int) -> np.ndarray:
 
 def _make_layout(root: Path, sequences: dict[str, tuple[str, list[int]]]) -> Path:
     rng = np.random.default_rng(0)
-    rows = []
-    for seq, (tod, indices) in sequences.items():
-        for idx in indices:
-            frame_id = f"{seq}_{idx:06d}"
-            image = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
-            (root / "train").mkdir(parents=True, exist_ok=True)
-            (root / "train" / f"{frame_id}.jpg").write_bytes(images.encode_jpeg(image))
-            (root / "train" / f"{frame_id}_label.png").write_bytes(images.encode_mask(_label(60)))
-            rows.append({"frame_id": frame_id, "split": "train", "sequence": seq, "frame_index": idx,
-                         "time_of_day": tod, "location": "cambridge_uk", "image": f"train/{frame_id}.jpg",
-                         "label": f"train/{frame_id}_label.png"})
-    with open(root / "manifest.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
+    return write_layout(root, [
+        LayoutFrame(f"{seq}_{idx:06d}", "train", seq, idx, tod, rng.integers(0, 255, (H, W, 3), dtype=np.uint8),
+                    _label(60))
+        for seq, (tod, indices) in sequences.items() for idx in indices
+    ])
 
 
 @pytest.fixture
@@ -158,33 +143,6 @@ def test_night_is_darker_noisy_and_seeded() -> None:
     a, b, c = (conditions.apply_night(image, seed=s) for s in (1, 1, 2))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert a.mean() < image.mean() and a.std() > 1
-
-
-def _flood_count(mask: np.ndarray) -> list[int]:
-    seen = np.zeros_like(mask)
-    areas = []
-    for r, c in zip(*np.nonzero(mask), strict=True):
-        if seen[r, c]:
-            continue
-        seen[r, c] = True
-        queue, area = deque([(r, c)]), 0
-        while queue:
-            y, x = queue.popleft()
-            area += 1
-            for dy in (-1, 0, 1):
-                for dx in (-1, 0, 1):
-                    ny, nx = y + dy, x + dx
-                    if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] and not seen[ny, nx]:
-                        seen[ny, nx] = True
-                        queue.append((ny, nx))
-        areas.append(area)
-    return sorted(areas)
-
-
-@given(hnp.arrays(np.bool_, st.tuples(st.integers(1, 12), st.integers(1, 12))))
-@settings(max_examples=300)
-def test_connected_blobs_match_a_flood_fill(mask: np.ndarray) -> None:
-    assert sorted(b.area for b in geometry.connected_blobs(mask)) == _flood_count(mask)
 
 
 def test_radar_sees_the_car_where_the_ground_plane_says() -> None:

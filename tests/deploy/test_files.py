@@ -210,9 +210,9 @@ def test_miner_image_is_tensorrt_and_trainer_pytorch() -> None:
 def test_deployed_commands_are_avminer_commands() -> None:
     compose = df.compose()["services"]
     assert compose["miner"]["command"] == df.k8s_containers("avminer-miner")["args"] == ["mine"]
-    assert compose["trainer"]["command"] == df.k8s_containers("avminer-trainer")["args"] == ["train", "--serve"]
+    assert compose["trainer"]["command"] == df.k8s_containers("avminer-trainer")["args"] == ["train", "serve"]
     assert 'CMD ["mine"]' in df.DOCKERFILES["miner"].read_text()
-    assert 'CMD ["train", "--serve"]' in df.DOCKERFILES["trainer"].read_text()
+    assert 'CMD ["train", "serve"]' in df.DOCKERFILES["trainer"].read_text()
     assert df.systemd_unit()["Service"]["ExecStart"] == ["/opt/avminer/bin/avminer mine"]
 
 

@@ -9,12 +9,13 @@ import pytest
 
 from avminer.errors import ScoringError
 from avminer.events.records import RadarDetection
-from avminer.scoring.radar import CameraModel, project, radar_disagreement
+from avminer.geometry import Pinhole
+from avminer.scoring.radar import project, radar_disagreement
 from avminer.taxonomy import CAMVID
 
 ROAD, CAR = CAMVID.classes.index("road"), CAMVID.classes.index("car")
 W, H = 240, 176
-CAM = CameraModel.from_fov(W, H)
+CAM = Pinhole.from_fov(W, H)
 
 
 def _det(u: float, depth: float, speed: float, ego: float = 0.0) -> RadarDetection:
@@ -41,7 +42,7 @@ def test_matches_the_camvid_simulator_geometry() -> None:
 
     cam = geometry.CameraModel()
     rng_m, az = cam.ground_point(300.0, 100.0, 360, 480)  # a road pixel of a 480x360 frame
-    ours = CameraModel.from_fov(480, 360)
+    ours = Pinhole.from_fov(480, 360)
     uv, _ = project([RadarDetection(rng_m, az, 0.0, 0.0, 0.0)], ours)
     np.testing.assert_allclose(uv[0], [100.0, 300.0], atol=1e-6)
 
@@ -73,7 +74,7 @@ def test_no_radar_and_rescaling() -> None:
     assert radar_disagreement(_scene(), None, (W, H), CAM) == 0.0
     assert radar_disagreement(_scene(), [], (W, H), CAM) == 0.0
     # the camera model refers to a 2x larger native frame: projections are rescaled to pred's size
-    big = CameraModel(CAM.fx * 2, CAM.fy * 2, CAM.cx * 2, CAM.cy * 2)
+    big = Pinhole(CAM.fx * 2, CAM.fy * 2, CAM.cx * 2, CAM.cy * 2)
     assert radar_disagreement(_scene(), [_det(130, 15, 5.0)], (2 * W, 2 * H), big) == 0.0
     with pytest.raises(ScoringError):
         radar_disagreement(np.zeros((2, 3, 4)), [], (W, H), CAM)

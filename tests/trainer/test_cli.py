@@ -36,13 +36,14 @@ def test_train_run_then_gate(tmp_path: Path, sample_drive: Path, capsys: pytest.
     assert main(["train"]) == 2  # no action: help, usage error
 
 
-def test_train_report_subcommand_and_its_alias_parse_alike() -> None:
+def test_train_report_is_a_subcommand_of_train_only() -> None:
     from avminer.cli.main import build_parser
     from avminer.cli.train_report import _run
 
     parser = build_parser()
     flags = ["--data", "d", "--quick", "--methods", "baseline", "lowrank", "--threads", "1", "--json"]
-    new, old = parser.parse_args(["train", "report", *flags]), parser.parse_args(["train-report", *flags])
-    for args in (new, old):
-        assert (args.data, args.quick, args.methods, args.threads, args.json) == ("d", True, ["baseline", "lowrank"], 1, True)
-    assert new.train_func is _run and old.func is _run
+    args = parser.parse_args(["train", "report", *flags])
+    assert (args.data, args.quick, args.methods, args.threads, args.json) == ("d", True, ["baseline", "lowrank"], 1, True)
+    assert args.train_func is _run
+    with pytest.raises(SystemExit):  # the old top-level alias is gone: one name per command
+        parser.parse_args(["train-report", *flags])

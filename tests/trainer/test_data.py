@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from avminer.errors import DatasetError
 from avminer.trainer.data import (
@@ -19,23 +17,20 @@ from avminer.trainer.data import (
     load_camvid,
     to_tensors,
 )
+from tests.datasets.support import LayoutFrame, write_layout
 from tests.trainer.conftest import make_frames
 
 
 def write_camvid(root: Path, rows: list[tuple[str, str, str, str]]) -> Path:
     """A CamVid-layout dir: (frame_id, split, sequence, time_of_day) rows with 90x120 images and labels."""
     rng = np.random.default_rng(0)
-    (root / "train").mkdir(parents=True)
-    with open(root / "manifest.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["frame_id", "split", "sequence", "frame_index", "time_of_day", "location", "image", "label"])
-        for i, (fid, split, seq, tod) in enumerate(rows):
-            Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(root / "train" / f"{fid}.jpg")
-            label = np.full((90, 120), i % 11, np.uint8)
-            label[:10] = 11
-            Image.fromarray(label).save(root / "train" / f"{fid}_L.png")
-            w.writerow([fid, split, seq, i, tod, "town", f"train/{fid}.jpg", f"train/{fid}_L.png"])
-    return root
+    frames = []
+    for i, (fid, split, seq, tod) in enumerate(rows):
+        label = np.full((90, 120), i % 11, np.uint8)
+        label[:10] = 11
+        frames.append(LayoutFrame(fid, split, seq, i, tod, rng.integers(0, 256, (90, 120, 3), dtype=np.uint8),
+                                  label, location="town"))
+    return write_layout(root, frames)
 
 
 def test_load_camvid_filters_and_resizes(tmp_path: Path) -> None:

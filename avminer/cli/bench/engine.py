@@ -1,15 +1,9 @@
-"""``avminer bench engine``: ONNX Runtime vs torch frames/s on one bundle, and their ratio.
-
-Both backends run the same bundle on the same frames, with the same thread count, in alternating
-rounds (so machine noise hits both alike); each is warmed up first. Frames/s counts everything
-``Engine.infer`` does: uint8 -> float conversion, the ensemble, and the outputs back as numpy.
-"""
+"""``avminer bench engine``: ONNX Runtime vs torch frames/s on one bundle (:func:`avminer.evaluation.throughput.engine_bench`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from typing import Any
 
 
@@ -25,53 +19,8 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import numpy as np
+    from avminer.evaluation.throughput import engine_bench, format_engine_report
 
-    from avminer.engines import default_bundle_path, load_bundle
-    from avminer.engines.ort import OrtEngine
-    from avminer.engines.torch_backend import TorchEngine
-
-    bundle = load_bundle(args.bundle or default_bundle_path())
-    h, w = bundle.input_height, bundle.input_width
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(args.batch, h, w, 3), dtype=np.uint8)  # [N, H, W, 3]
-    engines = {
-        "onnxruntime": OrtEngine(bundle, threads=args.threads),
-        "torch": TorchEngine(bundle, threads=args.threads),
-    }
-    batches_per_round = max(1, -(-args.frames // (args.batch * max(1, args.rounds))))
-    seconds = dict.fromkeys(engines, 0.0)
-    frames = dict.fromkeys(engines, 0)
-    for engine in engines.values():
-        engine.warmup(batch=args.batch, rounds=1)
-    for _ in range(max(1, args.rounds)):
-        for name, engine in engines.items():
-            start = time.perf_counter()
-            for _ in range(batches_per_round):
-                engine.infer(images)
-            seconds[name] += time.perf_counter() - start
-            frames[name] += batches_per_round * args.batch
-    for engine in engines.values():
-        engine.close()
-    fps = {name: frames[name] / seconds[name] for name in engines}
-    result = {
-        "bundle": str(bundle.path),
-        "version": bundle.version,
-        "members": bundle.members,
-        "input": [h, w],
-        "batch": args.batch,
-        "frames": frames["onnxruntime"],
-        "threads": args.threads,
-        "ort_fps": round(fps["onnxruntime"], 2),
-        "torch_fps": round(fps["torch"], 2),
-        "ratio": round(fps["onnxruntime"] / fps["torch"], 3),
-    }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"model {bundle.version}: K={bundle.members} at {h}x{w}, batch {args.batch}, "
-              f"{result['frames']} frames per backend, threads {args.threads or 'default'}")
-        print(f"onnxruntime  {result['ort_fps']:8.2f} frames/s")
-        print(f"torch        {result['torch_fps']:8.2f} frames/s")
-        print(f"ratio        {result['ratio']:8.3f}x (onnxruntime / torch)")
+    result = engine_bench(args.bundle, batch=args.batch, frames=args.frames, rounds=args.rounds, threads=args.threads)
+    print(json.dumps(result) if args.json else format_engine_report(result))
     return 0

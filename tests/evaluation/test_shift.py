@@ -2,41 +2,31 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from avminer import images, taxonomy
+from avminer import taxonomy
 from avminer.cli.main import main
+from tests.datasets.support import LayoutFrame, write_layout
 
 H, W = 48, 64
 
 
 def _layout(root: Path) -> Path:
     rng = np.random.default_rng(0)
-    rows = []
+    frames = []
     plan = [("DAY1", "day", "train", 8), ("DAY2", "day", "val", 3), ("DUSK", "dusk", "train", 4)]
     for seq, tod, split, n in plan:
         for i in range(n):
-            frame_id = f"{seq}_{i:06d}"
             scale = 1.0 if tod == "day" else 0.3
             image = (rng.integers(60, 255, (H, W, 3)) * scale).astype(np.uint8)
             label = np.full((H, W), 3, np.uint8)
             label[: H // 3] = 0
-            (root / split).mkdir(parents=True, exist_ok=True)
-            (root / split / f"{frame_id}.jpg").write_bytes(images.encode_jpeg(image))
-            (root / split / f"{frame_id}_label.png").write_bytes(images.encode_mask(label))
-            rows.append({"frame_id": frame_id, "split": split, "sequence": seq, "frame_index": i * 30,
-                         "time_of_day": tod, "location": "cambridge_uk", "image": f"{split}/{frame_id}.jpg",
-                         "label": f"{split}/{frame_id}_label.png"})
-    with open(root / "manifest.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
+            frames.append(LayoutFrame(f"{seq}_{i:06d}", split, seq, i * 30, tod, image, label))
+    return write_layout(root, frames)
 
 
 def test_bench_shift_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,4 +1,9 @@
-"""``avminer datasets``: serve the datasets HTTP API, or freeze/list datasets from the shell."""
+"""``avminer catalog freeze|datasets|serve``: versioned datasets frozen from the catalog, and their HTTP API.
+
+Part of ``avminer catalog`` (:mod:`avminer.cli.catalog` adds these actions; this module has no
+``register`` of its own): a frozen dataset is a query over the catalog, so it lives where the catalog's
+other questions do.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +14,12 @@ import signal
 import threading
 from typing import Any
 
-from avminer.cli.catalog import add_catalog_argument
-
 log = logging.getLogger(__name__)
 
 
-def register(sub: Any) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser("datasets", help="versioned datasets frozen from the catalog")
-    add_catalog_argument(parser)
-    ds = parser.add_subparsers(dest="datasets_cmd", metavar="ACTION")
-    ds.required = True
-
-    serve = ds.add_parser("serve", help="serve GET/POST /datasets over HTTP")
+def add_actions(ds: Any) -> None:
+    """Add ``freeze``, ``datasets`` and ``serve`` to the ``avminer catalog`` actions ``ds``."""
+    serve = ds.add_parser("serve", help="serve the frozen datasets over HTTP (GET/POST /datasets)")
     serve.add_argument("--host", help="bind address (default sinks.api_address, loopback)")
     serve.add_argument("--port", type=int, help="port (default sinks.api_port)")
     serve.set_defaults(func=_serve)
@@ -30,7 +29,7 @@ def register(sub: Any) -> None:
     freeze.add_argument("--query", default="{}", help='JSON query, e.g. \'{"slices": ["dusk/*/*"], "start": "7d"}\'')
     freeze.set_defaults(func=_freeze)
 
-    show = ds.add_parser("list", help="list dataset versions")
+    show = ds.add_parser("datasets", help="list the frozen dataset versions")
     show.set_defaults(func=_list)
 
 

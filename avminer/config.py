@@ -299,6 +299,32 @@ class TrainerSettings:
 
 
 @dataclass
+class LabelStudioSettings:
+    url: str | None = field(
+        default=None, metadata=_help("Label Studio base URL (http://host:8080); unset: no live Label Studio.")
+    )
+    token: Secret | None = field(
+        default=None, metadata=_help("Label Studio personal access token or legacy API token (secret).")
+    )
+    project: str = field(default="avminer", metadata=_help("Title of the project mined frames are pushed to."))
+    presign_s: int = field(
+        default=7 * 86400, metadata=_help("Lifetime of presigned s3:// frame URLs in pushed tasks (seconds).")
+    )
+    local_files_root: str | None = field(
+        default=None,
+        metadata=_help("Label Studio's LOCAL_FILES_DOCUMENT_ROOT: file:// frames under it become local-files URLs."),
+    )
+    ml_backend_address: str = field(
+        default="127.0.0.1", metadata=_help("Address `avminer label ml-backend` binds to (loopback unless you mean it).")
+    )
+    ml_backend_port: int = field(default=9090, metadata=_help("Port of `avminer label ml-backend`."))
+    ml_backend_secret: Secret | None = field(
+        default=None,
+        metadata=_help("Password Label Studio must send (HTTP Basic) to the ML backend; unset: none (secret)."),
+    )
+
+
+@dataclass
 class Settings:
     """Everything an avminer process can be configured with."""
 
@@ -313,6 +339,7 @@ class Settings:
     sinks: SinkSettings = field(default_factory=SinkSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
+    labelstudio: LabelStudioSettings = field(default_factory=LabelStudioSettings)
     shutdown_deadline_s: float = field(
         default=30.0, metadata=_help("On SIGTERM/SIGINT: stop polling, drain, commit, close within this.")
     )
@@ -348,6 +375,9 @@ class Settings:
             (self.trainer.members >= 1, "trainer.members", "must be >= 1"),
             (self.kafka.security_protocol in {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"},
              "kafka.security_protocol", "must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
+            (self.labelstudio.url is None or self.labelstudio.url.startswith(("http://", "https://")),
+             "labelstudio.url", "must be an http:// or https:// URL"),
+            (self.labelstudio.presign_s > 0, "labelstudio.presign_s", "must be > 0"),
         ]
         for key, rate in self.selection.slice_rates.items():
             checks.append((0 < rate <= 1, f"selection.slice_rates.{key}", "must be in (0, 1]"))

@@ -3,6 +3,7 @@
     avminer label consume                          # validate LabelResults, mark samples labeled (DLQ the rest)
     avminer label oracle --ground-truth drive.avro # answer label requests from the drive's ground truth
     avminer label import-labelstudio export.json   # Label Studio JSON export -> LabelResults
+    avminer label push | pull | ml-backend         # a live Label Studio (labelstudio.url, labelstudio.token)
 
 With a broker (``kafka.bootstrap_servers``) the oracle and the importer publish LabelResults to
 ``topics.label_results`` for ``label consume``; embedded, they apply them to the catalog directly.
@@ -46,6 +47,10 @@ def register(sub: Any) -> None:
     cvat.add_argument("export", help="the zip CVAT exported")
     cvat.add_argument("--labeler", default="cvat", help="labeler recorded with each label (default: cvat)")
     cvat.set_defaults(func=_import_cvat)
+
+    from avminer.cli import label_studio
+
+    label_studio.register(ls)
 
 
 def _stop_on_signals() -> threading.Event:
@@ -116,32 +121,19 @@ def _import(args: argparse.Namespace, results: list[Any], problems: list[str]) -
 
     from avminer.cli.catalog import open_from_args
     from avminer.config import load_settings
-    from avminer.labels.masks import InvalidLabelError
+    from avminer.labels.deliver import deliver
 
     settings = load_settings(args.config)
     for line in problems:
         print(f"skipped: {line}", file=sys.stderr)
-    applied = refused = 0
     if settings.kafka.bootstrap_servers:
-        from avminer.sinks.kafka_topic import KafkaRecordSink
-
-        sink = KafkaRecordSink(settings.kafka, settings.topics.label_results)
-        try:
-            for r in results:
-                sink._send(r)
-            sink.flush()
-        finally:
-            sink.close()
-        applied = len(results)
+        stats = deliver(settings, results)
     else:
         with open_from_args(args) as catalog:
             _, applier = _applier(args, catalog)
-            for r in results:
-                try:
-                    applier.apply(r)
-                    applied += 1
-                except InvalidLabelError as exc:
-                    print(f"refused {r.sample_id}: {exc.reason}: {exc}", file=sys.stderr)
-                    refused += 1
-    print(json.dumps({"imported": applied, "refused": refused, "skipped": len(problems)}, sort_keys=True))
-    return 0 if refused == 0 else 1
+            stats = deliver(settings, results, applier)
+    for line in stats.refusals:
+        print(f"refused {line}", file=sys.stderr)
+    print(json.dumps({"imported": stats.published + stats.applied, "refused": stats.refused,
+                      "skipped": len(problems)}, sort_keys=True))
+    return 0 if stats.refused == 0 else 1

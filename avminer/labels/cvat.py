@@ -36,7 +36,14 @@ from numpy.typing import NDArray
 from avminer.catalog.catalog import SampleRow
 from avminer.errors import LabelError
 from avminer.events.records import LabelResult
-from avminer.labels.masks import CLASS_COLOURS, CLASS_NAMES, VOID, decode_mask_png, encode_mask_png
+from avminer.labels.masks import (
+    CLASS_COLOURS,
+    CLASS_NAMES,
+    VOID,
+    decode_mask_png,
+    encode_mask_png,
+    mask_at_size,
+)
 
 BACKGROUND = "background"
 LABELMAP = "labelmap.txt"
@@ -127,15 +134,6 @@ def _png(array: NDArray[np.uint8]) -> bytes:
     return buf.getvalue()
 
 
-def _full_size(prediction: NDArray[np.uint8], width: int, height: int) -> NDArray[np.uint8]:
-    """The prediction (engine input size) at the frame's size, nearest neighbour (ids stay ids)."""
-    if prediction.shape == (height, width):
-        return prediction
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(prediction).resize((width, height), Image.Resampling.NEAREST))
-
-
 def _frame_size(data: bytes) -> tuple[int, int]:
     from PIL import Image
 
@@ -186,7 +184,7 @@ def export_task(
             result.images.append(path)
             if s.prediction_uri:
                 width, height = (s.width, s.height) if s.width and s.height else _frame_size(data)
-                pred = _full_size(decode_mask_png(read_blob(s.prediction_uri)), width, height)
+                pred = mask_at_size(decode_mask_png(read_blob(s.prediction_uri)), width, height)
                 zf.writestr(f"{CLASS_DIR}/{s.sample_id}.png", _png(colour_mask(pred, colours, class_names)))
                 names.append(s.sample_id)
                 result.pre_annotated += 1

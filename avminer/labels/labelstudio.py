@@ -16,7 +16,7 @@ tasks, each ``{"data": {...}, "predictions": [...]}`` (https://labelstud.io/guid
 Import (:func:`results_from_export`) reads Label Studio's JSON export: for each task's latest
 non-cancelled annotation, it paints its brush layers onto a void mask (later results on top), and
 returns :class:`~avminer.events.records.LabelResult` records with the PNG inline, labeled by
-``labelstudio:<annotator>``.
+``labelstudio:<annotator>#annotation-<annotation id>``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,15 @@ from avminer.catalog.catalog import SampleRow
 from avminer.errors import LabelError
 from avminer.events.records import LabelResult
 from avminer.labels.brush_rle import decode_layer, encode_layer
-from avminer.labels.masks import CLASS_COLOURS, CLASS_NAMES, VOID, decode_mask_png, encode_mask_png
+from avminer.labels.masks import (
+    CLASS_COLOURS,
+    CLASS_NAMES,
+    VOID,
+    decode_mask_png,
+    encode_mask_png,
+    image_size,
+    mask_at_size,
+)
 
 FROM_NAME = "tag"
 TO_NAME = "image"
@@ -156,20 +164,39 @@ def export_tasks(
         image_urls: frame URI → URL for ``data.image``.
         class_names: label names, index = class id.
     """
-    tasks = []
-    for s in samples:
-        if not s.frame_uri:
-            continue
-        prediction = decode_mask_png(read_blob(s.prediction_uri)) if s.prediction_uri else None
-        tasks.append(task_for(s, image_urls(s.frame_uri), prediction, class_names))
-    return tasks
+    return [t for t in (sample_task(s, read_blob, image_urls, class_names) for s in samples) if t is not None]
+
+
+def sample_task(
+    sample: SampleRow,
+    read_blob: Callable[[str], bytes],
+    image_urls: Callable[[str], str],
+    class_names: Sequence[str] = CLASS_NAMES,
+) -> dict[str, Any] | None:
+    """:func:`task_for` a catalog row (None without a stored frame), its stored prediction brought to the
+    frame's own size: brush RLE is read at ``original_width`` x ``original_height`` over the image, and
+    the miner stores predictions at the engine's input size."""
+    if not sample.frame_uri:
+        return None
+    prediction = None
+    if sample.prediction_uri:
+        prediction = decode_mask_png(read_blob(sample.prediction_uri))  # [h, w] engine size
+        if sample.width and sample.height:
+            width, height = sample.width, sample.height
+        else:
+            width, height = image_size(read_blob(sample.frame_uri))
+        prediction = mask_at_size(prediction, width, height)  # [H, W] frame size
+    return task_for(sample, image_urls(sample.frame_uri), prediction, class_names)
 
 
 def _annotator(annotation: dict[str, Any]) -> str:
+    """``labelstudio:<email or user id>#annotation-<id>``: who labeled, and which annotation it was."""
     who = annotation.get("completed_by")
     if isinstance(who, dict):
         who = who.get("email") or who.get("id")
-    return f"labelstudio:{who}" if who is not None else "labelstudio"
+    base = f"labelstudio:{who}" if who is not None else "labelstudio"
+    aid = annotation.get("id")
+    return f"{base}#annotation-{aid}" if aid is not None else base
 
 
 def _time_us(text: Any) -> int:

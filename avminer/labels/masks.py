@@ -82,6 +82,17 @@ def encode_mask_png(mask: NDArray[np.uint8]) -> bytes:
     return images.encode_mask(mask)
 
 
+def mask_at_size(mask: NDArray[np.uint8], width: int, height: int) -> NDArray[np.uint8]:
+    """A class-id mask ``[h, w]`` (e.g. a prediction at the engine's input size) at ``width`` x ``height``,
+    nearest neighbour so ids stay ids."""
+    if mask.shape == (height, width):
+        return mask
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8)).resize(
+        (width, height), Image.Resampling.NEAREST))
+
+
 def image_size(data: bytes) -> tuple[int, int]:
     """(width, height) of an encoded image, reading only its header."""
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -101,7 +102,7 @@ def test_import_annotations_back_into_the_catalog(tmp_path: Path, sqlite_catalog
     for r in results:
         applier.apply(r)
     row = sqlite_catalog.get_sample(sid1)
-    assert row is not None and row.state == "labeled" and row.labeler == "labelstudio:ann@example.com"
+    assert row is not None and row.state == "labeled" and row.labeler == "labelstudio:ann@example.com#annotation-1"
 
 
 def test_cli_export_writes_tasks_and_config(tmp_path: Path, sqlite_catalog: Catalog, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -115,3 +116,20 @@ def test_cli_export_writes_tasks_and_config(tmp_path: Path, sqlite_catalog: Cata
     assert len(tasks) == 3
     for t in tasks:
         check_task_shape(t, cfg_file.read_text())
+
+
+def test_pre_annotation_is_at_the_frames_size_not_the_engines(tmp_path: Path, sqlite_catalog: Catalog) -> None:
+    """The miner stores predictions at the engine's input size; brush RLE is read at the image's size."""
+    out = tmp_path / "out"
+    store = LocalFrameStore(out)
+    writer = MinedSampleWriter(store, LocalRequestSink(out), LocalDecisionSink(out), sqlite_catalog)
+    small = f.class_mask(2, width=f.W // 2, height=f.H // 2)  # [H/2, W/2] as an engine would predict it
+    writer.write_batch([dataclasses.replace(f.sample(2), prediction_png=f.png(small))])
+    writer.close()
+    (task,) = export_tasks(sqlite_catalog.query_samples(), store.get, ImageUrls())
+    results = task["predictions"][0]["result"]
+    assert {(r["original_width"], r["original_height"]) for r in results} == {(f.W, f.H)}
+    from avminer.labels.labelstudio import mask_from_results
+
+    painted = mask_from_results(results)
+    assert painted is not None and np.array_equal(painted, np.repeat(np.repeat(small, 2, axis=0), 2, axis=1))

@@ -18,7 +18,9 @@ sits on the line that declares it; split by section, a field's default, help and
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -148,6 +150,13 @@ class DecodeSettings:
     max_bytes: int = field(default=8 * 1024 * 1024, metadata=_help("Largest encoded image accepted."))
     max_pixels: int = field(default=4096 * 4096, metadata=_help("Largest decoded image (width*height) accepted."))
     workers: int = field(default=1, metadata=_help("Decode threads."))
+    image_roots: list[str] = field(
+        default_factory=list,
+        metadata=_help(
+            "Directories a frame's file:// image_uri may point under (symlinks resolved). Empty: file:// image"
+            " URIs are dead-lettered; anything else named by a message is never read."
+        ),
+    )
 
 
 @dataclass
@@ -272,6 +281,14 @@ class SinkSettings:
         default="127.0.0.1", metadata=_help("Address the datasets HTTP API binds to (loopback unless you mean it).")
     )
     api_port: int = field(default=8710, metadata=_help("Port of the datasets HTTP API (`avminer catalog serve`)."))
+    api_token: Secret | None = field(
+        default=None,
+        metadata=_help("Bearer token the datasets API requires (secret); mandatory when api_address is not loopback."),
+    )
+    api_allowed_hosts: list[str] = field(
+        default_factory=list,
+        metadata=_help("Host names (besides localhost) the API answers to on loopback, e.g. a reverse proxy's."),
+    )
 
 
 @dataclass
@@ -379,6 +396,47 @@ class Settings:
              "labelstudio.url", "must be an http:// or https:// URL"),
             (self.labelstudio.presign_s > 0, "labelstudio.presign_s", "must be > 0"),
         ]
+        checks += [
+            (self.decode.workers >= 1, "decode.workers", "must be >= 1"),
+            (0 <= self.engine.threads <= 1024, "engine.threads", "must be in 0..1024 (0: library default)"),
+            (1 <= self.scoring.grid <= 64, "scoring.grid", "must be in 1..64"),
+            (self.scoring.rare_class_weight >= 0, "scoring.rare_class_weight", "must be >= 0"),
+            (self.scoring.drift_window >= 2, "scoring.drift_window", "must be >= 2"),
+            (self.scoring.drift_alarm > 0, "scoring.drift_alarm", "must be > 0"),
+            (1 <= self.scoring.geohash_precision <= 12, "scoring.geohash_precision", "must be in 1..12"),
+            (self.selection.hourly_budget >= 0, "selection.hourly_budget", "must be >= 0"),
+            (self.selection.camera_cooldown_s >= 0, "selection.camera_cooldown_s", "must be >= 0"),
+            (0 < self.selection.duplicate_similarity <= 1, "selection.duplicate_similarity", "must be in (0, 1]"),
+            (self.selection.memory_size >= 0, "selection.memory_size", "must be >= 0"),
+            (self.selection.warmup_frames >= 0, "selection.warmup_frames", "must be >= 0"),
+            (self.selection.sketch_publish_interval_s >= 0, "selection.sketch_publish_interval_s", "must be >= 0"),
+            (self.batcher.stage_nice >= 0, "batcher.stage_nice", "must be >= 0"),
+            (self.source.radar_join_window_ms >= 0, "source.radar_join_window_ms", "must be >= 0"),
+            (self.source.radar_wait_ms >= 0, "source.radar_wait_ms", "must be >= 0"),
+            (self.kafka.max_poll_records >= 1, "kafka.max_poll_records", "must be >= 1"),
+            (self.kafka.commit_interval_ms >= 1, "kafka.commit_interval_ms", "must be >= 1"),
+            (self.kafka.session_timeout_ms >= 1, "kafka.session_timeout_ms", "must be >= 1"),
+            (self.kafka.heartbeat_interval_ms >= 1, "kafka.heartbeat_interval_ms", "must be >= 1"),
+            (self.kafka.max_poll_interval_ms >= 1, "kafka.max_poll_interval_ms", "must be >= 1"),
+            (0 < self.sinks.api_port < 65536, "sinks.api_port", "must be a TCP port"),
+            (self.sinks.s3.max_retries >= 0, "sinks.s3.max_retries", "must be >= 0"),
+            (self.trainer.width > 0, "trainer.width", "must be > 0"),
+            (self.trainer.input_height >= 8, "trainer.input_height", "must be >= 8"),
+            (self.trainer.input_width >= 8, "trainer.input_width", "must be >= 8"),
+            (self.trainer.epochs >= 0, "trainer.epochs", "must be >= 0"),
+            (self.trainer.batch_size >= 1, "trainer.batch_size", "must be >= 1"),
+            (self.trainer.lr > 0, "trainer.lr", "must be > 0"),
+            (self.trainer.dpe_beta >= 0, "trainer.dpe_beta", "must be >= 0"),
+            (0 <= self.trainer.gate_margin <= 1, "trainer.gate_margin", "must be in [0, 1]"),
+            (self.trainer.retrain_every_labels >= 1, "trainer.retrain_every_labels", "must be >= 1"),
+            (self.trainer.retrain_interval_s > 0, "trainer.retrain_interval_s", "must be > 0"),
+            (self.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}, "log_level",
+             "must be DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+        ]
+        for key, weight in self.selection.score_weights.items():
+            checks.append((weight >= 0, f"selection.score_weights.{key}", "must be >= 0"))
+        for key, box in self.scoring.regions.items():
+            checks.append((len(box) == 4, f"scoring.regions.{key}", "must be [lat_min, lon_min, lat_max, lon_max]"))
         for key, rate in self.selection.slice_rates.items():
             checks.append((0 < rate <= 1, f"selection.slice_rates.{key}", "must be in (0, 1]"))
         for ok, name, message in checks:
@@ -399,10 +457,25 @@ def _to_dict(obj: Any, plaintext: bool) -> Any:
     if isinstance(obj, Secret):
         return obj.get() if plaintext else "***"
     if isinstance(obj, dict):
-        return {k: _to_dict(v, plaintext) for k, v in obj.items()}
+        return {k: _to_dict(v, plaintext) if plaintext or not _SECRET_KEY.search(str(k)) else "***"
+                for k, v in obj.items()}
+    if isinstance(obj, str) and not plaintext:
+        return mask_url(obj)
     if isinstance(obj, list):
         return [_to_dict(v, plaintext) for v in obj]
     return obj
+
+
+# Pass-through mappings (kafka.extra) may carry credentials under any of these names.
+_SECRET_KEY = re.compile(r"pass|secret|token|credential|jaas|private|(^|_)key($|_)", re.IGNORECASE)
+
+
+def mask_url(text: str) -> str:
+    """``text`` with the password of a ``scheme://user:password@host`` URL replaced by ``***``.
+
+    Catalog URLs (``postgresql://miner:pw@db/avminer``) are printed and logged; their password is not.
+    """
+    return re.sub(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@", r"\g<head>***@", text)
 
 
 T = TypeVar("T")
@@ -424,14 +497,14 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         return value if isinstance(value, Secret) else Secret(str(value))
     if origin is dict:
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = _parse_inline(value, name)
         if not isinstance(value, Mapping):
             raise ConfigError(f"must be a mapping, got {type(value).__name__}", name)
         _, vt = typing.get_args(tp)
         return {str(k): _coerce(v, vt, f"{name}.{k}") for k, v in value.items()}
     if origin is list:
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = _parse_inline(value, name)
         if not isinstance(value, list):
             raise ConfigError(f"must be a list, got {type(value).__name__}", name)
         (et,) = typing.get_args(tp)
@@ -451,14 +524,26 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             out = tp(value)
         except (TypeError, ValueError):
             raise ConfigError(f"must be {'an integer' if tp is int else 'a number'}, got {value!r}", name) from None
+        except OverflowError:
+            raise ConfigError(f"must be a finite number, got {value!r}", name) from None
         if tp is int and isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"must be an integer, got {value!r}", name)
+        if tp is float and not math.isfinite(out):
+            raise ConfigError(f"must be a finite number, got {value!r}", name)
         return out
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"must be a string, got {type(value).__name__}", name)
         return str(value)
     return value
+
+
+def _parse_inline(text: str, name: str) -> Any:
+    """A mapping or list given as one string (an environment variable): YAML flow syntax or JSON."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"is not valid YAML/JSON ({str(exc).splitlines()[0]}), got {text!r}", name) from None
 
 
 def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
@@ -523,6 +608,8 @@ def load_settings(
             text = Path(path).read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from exc
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:

@@ -12,28 +12,48 @@ Versioning: a second POST with the same id creates a new version; a frozen versi
 (its sample list, and each sample's label URI as it was, are copied at freeze time). The trainer
 trains from ``{id}`` at a version, so every model names exactly the data it saw.
 
-Errors are JSON ``{"error": reason}`` with a 4xx status: 400 bad JSON or query, 404 unknown route,
-dataset or version, 405 wrong method, 409 nothing matched, 413 body too large; 503 when the catalog
-is unavailable. The server binds to loopback by default (``sinks.api_address``).
+Errors are JSON ``{"error": reason}`` with a 4xx status: 400 bad JSON or query, 401 missing or
+wrong token, 403 a foreign Origin, 404 unknown route, dataset or version, 405 wrong method, 409
+nothing matched, 411 a body without Content-Length (chunked), 413 body too large, 415 a POST body
+that is not JSON, 421 a Host header naming another server; 503 when the catalog is unavailable or
+the server is at its connection limit.
+
+Exposure: the server binds to loopback by default (``sinks.api_address``). With ``sinks.api_token``
+set every route but ``/healthz`` needs ``Authorization: Bearer <token>``; binding anywhere else than
+loopback without a token is refused. On loopback the Host header must name loopback (or one of
+``sinks.api_allowed_hosts``) and a browser's Origin must be the server itself: a web page cannot
+reach the API through DNS rebinding or a cross-site form. Every connection has a socket timeout, so
+half-sent requests cannot hold threads, and at most ``MAX_CONNECTIONS`` are served at once.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 import logging
 import re
+import socket
+import sys
 import threading
+from collections.abc import Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from avminer.catalog.catalog import Catalog, DatasetQuery
-from avminer.errors import CatalogError, SinkUnavailableError
+from avminer.errors import CatalogError, ConfigError, SinkUnavailableError
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20
+MAX_CONNECTIONS = 64
+"""Requests served at once; more get an immediate 503 instead of a thread each."""
+REQUEST_TIMEOUT_S = 10.0
+"""Socket timeout of a connection: a client that stops sending mid-request is dropped after this."""
+LISTEN_BACKLOG = 128
+MAX_VERSION = 2**31 - 1
 _DATASET_PATH = re.compile(r"^/datasets/([^/]+)/?$")
 
 
@@ -49,6 +69,7 @@ class DatasetsHandler(BaseHTTPRequestHandler):
 
     server: DatasetsServer
     protocol_version = "HTTP/1.1"
+    timeout = REQUEST_TIMEOUT_S  # socket timeout (StreamRequestHandler): slow or stalled clients are cut off
 
     # -- plumbing -----------------------------------------------------------------------------------
 
@@ -65,9 +86,13 @@ class DatasetsHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         try:
+            self._check_exposure()
             status, body = self._route(method)
         except _ApiError as exc:
             status, body = exc.status, {"error": exc.reason}
+        except (TimeoutError, ConnectionError):  # the client stalled or left mid-body: nobody to answer
+            self.close_connection = True
+            return
         except SinkUnavailableError as exc:
             status, body = HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)}
         except CatalogError as exc:
@@ -89,20 +114,49 @@ class DatasetsHandler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:  # noqa: N802
         self._dispatch("DELETE")
 
+    def _check_exposure(self) -> None:
+        """Host, Origin and token checks, before any route runs."""
+        server = self.server
+        host = (self.headers.get("Host") or "").strip().lower()
+        if server.check_host and _host_name(host) not in server.allowed_hosts:
+            self.close_connection = True
+            raise _ApiError(HTTPStatus.MISDIRECTED_REQUEST, f"Host {host[:100]!r} is not this server; use "
+                            "127.0.0.1 or localhost (or list the name in sinks.api_allowed_hosts)")
+        origin = self.headers.get("Origin")
+        if origin is not None and origin.strip().lower() not in (f"http://{host}", f"https://{host}"):
+            raise _ApiError(HTTPStatus.FORBIDDEN, "cross-origin requests are refused")
+        if server.token is not None and urlsplit(self.path).path != "/healthz":
+            given = self.headers.get("Authorization") or ""
+            if not hmac.compare_digest(given.encode(), f"Bearer {server.token}".encode()):
+                raise _ApiError(HTTPStatus.UNAUTHORIZED, "missing or wrong token: send 'Authorization: Bearer "
+                                "<sinks.api_token>'")
+
     def _read_json(self) -> Any:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            raise _ApiError(HTTPStatus.BAD_REQUEST, "Content-Length is not a number") from None
+        if self.headers.get("Transfer-Encoding") is not None:
+            # Bodies are small JSON documents: a Content-Length is required rather than chunked decoding.
+            self.close_connection = True
+            raise _ApiError(HTTPStatus.LENGTH_REQUIRED, "send the body with a Content-Length, not chunked")
+        ctype = (self.headers.get("Content-Type") or "application/json").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            self.close_connection = True
+            raise _ApiError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "the body must be application/json")
+        text = (self.headers.get("Content-Length") or "0").strip()
+        if not text.isdigit():  # also refuses "-1", "+5" and "1e3": the length must be exact
+            self.close_connection = True
+            raise _ApiError(HTTPStatus.BAD_REQUEST, "Content-Length must be a non-negative integer")
+        length = int(text)
         if length > MAX_BODY:
             # Drain nothing: close the connection after the reply instead.
             self.close_connection = True
             raise _ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body larger than {MAX_BODY} bytes")
         raw = self.rfile.read(length) if length else b"{}"
+        if len(raw) < length:
+            self.close_connection = True
+            raise _ApiError(HTTPStatus.BAD_REQUEST, f"body ended after {len(raw)} of {length} bytes")
         try:
             return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise _ApiError(HTTPStatus.BAD_REQUEST, f"body is not valid JSON: {exc}") from None
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise _ApiError(HTTPStatus.BAD_REQUEST, f"body is not valid JSON: {str(exc)[:200]}") from None
 
     # -- routes -------------------------------------------------------------------------------------
 
@@ -136,8 +190,8 @@ class DatasetsHandler(BaseHTTPRequestHandler):
                 version = int(params["version"][-1])
             except ValueError:
                 raise _ApiError(HTTPStatus.BAD_REQUEST, "version: must be an integer") from None
-            if version < 1:
-                raise _ApiError(HTTPStatus.BAD_REQUEST, "version: must be >= 1")
+            if not 1 <= version <= MAX_VERSION:
+                raise _ApiError(HTTPStatus.BAD_REQUEST, f"version: must be in 1..{MAX_VERSION}")
         try:
             ds = catalog.get_dataset(dataset_id, version)
         except CatalogError as exc:
@@ -151,14 +205,76 @@ class DatasetsHandler(BaseHTTPRequestHandler):
             raise _ApiError(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} not allowed here; use {', '.join(allowed)}")
 
 
+def _host_name(host: str) -> str:
+    """The name part of a Host header (``[::1]:8710`` -> ``::1``, ``localhost:80`` -> ``localhost``)."""
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def is_loopback(address: str) -> bool:
+    """True for loopback addresses and ``localhost``."""
+    if address.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 class DatasetsServer(ThreadingHTTPServer):
-    """The datasets API server bound to ``(host, port)`` (port 0: any free port)."""
+    """The datasets API server bound to ``(host, port)`` (port 0: any free port).
+
+    Args:
+        catalog: the catalog served.
+        host, port: where to listen.
+        token: required as ``Authorization: Bearer <token>`` when set; mandatory off loopback.
+        allowed_hosts: more Host header names accepted on loopback (a reverse proxy's name).
+
+    Raises:
+        ConfigError: a non-loopback address without a token.
+    """
 
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
 
-    def __init__(self, catalog: Catalog, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, catalog: Catalog, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
+                 allowed_hosts: Sequence[str] = ()) -> None:
+        if not is_loopback(host) and not token:
+            raise ConfigError(f"serving on {host}, beyond loopback, needs a token; set it (AVMINER_SINKS__API_TOKEN)",
+                              "sinks.api_token")
         self.catalog = catalog
+        self.token = token or None
+        # Behind loopback the Host header is the only thing telling a DNS-rebound browser page apart.
+        self.check_host = is_loopback(host)
+        self.allowed_hosts = {"localhost", "127.0.0.1", "::1", *(h.lower() for h in allowed_hosts)}
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__((host, port), DatasetsHandler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-reply is routine; anything else is logged once, with its traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            log.debug("datasets API: client %s went away: %s", client_address, exc)
+            return
+        log.exception("datasets API: error serving %s", client_address)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            _refuse_busy(request)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     @property
     def url(self) -> str:
@@ -170,3 +286,14 @@ class DatasetsServer(ThreadingHTTPServer):
         thread = threading.Thread(target=self.serve_forever, name="datasets-api", daemon=True)
         thread.start()
         return thread
+
+
+def _refuse_busy(request: socket.socket) -> None:
+    body = b'{"error": "too many connections; retry later"}'
+    head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+            "\r\nRetry-After: 1\r\nConnection: close\r\n\r\n").encode()
+    try:
+        request.settimeout(1.0)
+        request.sendall(head + body)
+    except OSError:
+        pass  # the client is gone already

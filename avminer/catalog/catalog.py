@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from avminer.config import mask_url
 from avminer.errors import CatalogError, SinkUnavailableError
 from avminer.events.records import Decision, LabelRequest
 
@@ -265,7 +266,7 @@ class Catalog:
     PostgreSQL connection is reopened on the next call. Bad arguments raise :class:`CatalogError`.
     """
 
-    def __init__(self, url: str, *, schema: str | None = None) -> None:
+    def __init__(self, url: str, *, schema: str | None = None, create: bool = True) -> None:
         self.url = url
         self._lock = threading.RLock()
         self._conn: Any = None
@@ -289,12 +290,20 @@ class Catalog:
             else:
                 path = url
             self._dsn = path
+            if path != ":memory:" and not create and not Path(path).expanduser().is_file():
+                # A mistyped path must not leave directories and an empty catalog behind.
+                raise CatalogError(f"no catalog at {path}: check --catalog / sinks.catalog_url")
             if path != ":memory:":
                 Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         else:
-            raise CatalogError(f"unsupported catalog URL {url!r}: use sqlite:///path or postgresql://...")
-        self._connect()
-        self._create_schema()
+            raise CatalogError(f"unsupported catalog URL {mask_url(url)!r}: use sqlite:///path or postgresql://...")
+        try:
+            self._connect()
+            self._create_schema()
+        except sqlite3.DatabaseError as exc:  # not a database at all, or a corrupt one
+            self.close()
+            raise CatalogError(f"{mask_url(url)} is not a usable SQLite catalog: "
+                               f"{exc}") from exc
 
     # -- connection plumbing ------------------------------------------------------------------------
 
@@ -334,6 +343,13 @@ class Catalog:
             return (psycopg.OperationalError,)
         return (sqlite3.OperationalError,)
 
+    def _data_errors(self) -> tuple[type[BaseException], ...]:
+        if self.is_postgres:
+            import psycopg
+
+            return (psycopg.DataError,)
+        return (sqlite3.DataError, ValueError)
+
     def _integrity_errors(self) -> tuple[type[BaseException], ...]:
         if self.is_postgres:
             import psycopg
@@ -367,6 +383,9 @@ class Catalog:
                         conn.close()
                     self._conn = None
                 raise SinkUnavailableError(f"catalog {self._redacted()} unavailable: {exc}") from exc
+            except self._data_errors() as exc:
+                # A value the database cannot hold (a NUL in PostgreSQL text): the caller's input, not the sink.
+                raise CatalogError(f"catalog refused a value: {exc}") from exc
 
     def _exec(self, cur: Any, query: str, params: Sequence[Any] = ()) -> Any:
         cur.execute(self.dialect.sql(query), tuple(params))
@@ -783,11 +802,12 @@ class Catalog:
         return out
 
 
-def open_catalog(url: str, *, schema: str | None = None) -> Catalog:
+def open_catalog(url: str, *, schema: str | None = None, create: bool = True) -> Catalog:
     """Open (and create if needed) the catalog at ``url``.
 
     Args:
         url: ``sqlite:///path``, a plain file path, or ``postgresql://...[?schema=name]``.
         schema: PostgreSQL schema to keep the tables in (overridden by ``?schema=`` in the URL).
+        create: False: a SQLite catalog that does not exist yet is an error (queries), not created.
     """
-    return Catalog(url, schema=schema)
+    return Catalog(url, schema=schema, create=create)

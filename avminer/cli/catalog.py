@@ -19,6 +19,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from avminer.cli.argtypes import POSITIVE
+
 
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser("catalog", help="query the provenance catalog")
@@ -32,7 +34,7 @@ def register(sub: Any) -> None:
     mined.add_argument("--until", help="frames before (same forms as --since)")
     mined.add_argument("--reason", help="only samples mined for this reason (uncertainty, shift, radar, novelty)")
     mined.add_argument("--state", action="append", default=[], help="mined, requested, labeled or used (repeatable)")
-    mined.add_argument("--limit", type=int, default=100, help="at most this many rows (default 100)")
+    mined.add_argument("--limit", type=POSITIVE, default=100, help="at most this many rows (default 100)")
     mined.add_argument("--json", action="store_true", help="print one JSON object")
     mined.set_defaults(func=_mined)
 
@@ -70,7 +72,7 @@ def open_from_args(args: argparse.Namespace) -> Any:
     from avminer.config import load_settings
 
     url = getattr(args, "catalog", None) or default_catalog_url(load_settings(args.config))
-    return open_catalog(url)
+    return open_catalog(url, create=False)
 
 
 def _when(us: int | None) -> str:

@@ -14,6 +14,8 @@ import signal
 import threading
 from typing import Any
 
+from avminer.cli.argtypes import PORT
+
 log = logging.getLogger(__name__)
 
 
@@ -21,7 +23,7 @@ def add_actions(ds: Any) -> None:
     """Add ``freeze``, ``datasets`` and ``serve`` to the ``avminer catalog`` actions ``ds``."""
     serve = ds.add_parser("serve", help="serve the frozen datasets over HTTP (GET/POST /datasets)")
     serve.add_argument("--host", help="bind address (default sinks.api_address, loopback)")
-    serve.add_argument("--port", type=int, help="port (default sinks.api_port)")
+    serve.add_argument("--port", type=PORT, help="port (default sinks.api_port)")
     serve.set_defaults(func=_serve)
 
     freeze = ds.add_parser("freeze", help="freeze a query into the next version of a dataset")
@@ -36,18 +38,19 @@ def add_actions(ds: Any) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from avminer.catalog.api import DatasetsServer
     from avminer.cli.catalog import open_from_args
-    from avminer.config import load_settings
+    from avminer.config import load_settings, mask_url
 
     settings = load_settings(args.config)
     host = args.host or settings.sinks.api_address
     port = settings.sinks.api_port if args.port is None else args.port
     with open_from_args(args) as catalog:
-        server = DatasetsServer(catalog, host, port)
+        token = settings.sinks.api_token.get() if settings.sinks.api_token is not None else None
+        server = DatasetsServer(catalog, host, port, token=token, allowed_hosts=settings.sinks.api_allowed_hosts)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         server.start()
-        log.info("datasets API on %s (catalog %s)", server.url, catalog.url)
+        log.info("datasets API on %s (catalog %s)", server.url, mask_url(catalog.url))
         print(f"serving {server.url}", flush=True)
         stop.wait()
         server.shutdown()

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from avminer.cli.argtypes import POSITIVE
+
 
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser("engine", help="model bundles: info, verify, TensorRT build")
@@ -22,7 +24,7 @@ def register(sub: Any) -> None:
         "verify", help="check every checksum, then ONNX Runtime vs torch (and TensorRT on a GPU) on one batch"
     )
     verify.add_argument("bundle", nargs="?", help="bundle directory (default: the starter bundle)")
-    verify.add_argument("--batch", type=int, default=2, help="frames in the parity batch")
+    verify.add_argument("--batch", type=POSITIVE, default=2, help="frames in the parity batch")
     verify.add_argument("--checksums-only", action="store_true", help="skip the parity run")
     verify.set_defaults(func=_verify)
 
@@ -32,8 +34,8 @@ def register(sub: Any) -> None:
     prec.add_argument("--fp16", dest="fp16", action="store_true", default=True, help="FP16 kernels (default)")
     prec.add_argument("--fp32", dest="fp16", action="store_false", help="strict FP32 (TF32 off)")
     build.add_argument("--device", default="cuda:0", help="CUDA device to build for")
-    build.add_argument("--opt-batch", type=int, default=8, help="batch size TensorRT tunes for")
-    build.add_argument("--max-batch", type=int, default=32, help="largest batch the plan accepts")
+    build.add_argument("--opt-batch", type=POSITIVE, default=8, help="batch size TensorRT tunes for")
+    build.add_argument("--max-batch", type=POSITIVE, default=32, help="largest batch the plan accepts")
     build.set_defaults(func=_build)
 
 
@@ -74,6 +76,12 @@ def _verify(args: argparse.Namespace) -> int:
 
     bundle = load_bundle(_path(args))  # raises BundleError (exit 2) on any checksum mismatch
     print(f"checksums   ok ({len(bundle.manifest['files'])} files) for model {bundle.version}")
+    if bundle.reference_path is not None:
+        from avminer.scoring.shift import ShiftReference
+
+        # Loaded as the miner will load it: object arrays or a wrong layout fail here, not in `mine`.
+        reference = ShiftReference.load(bundle.reference_path)
+        print(f"reference   ok ({len(reference.slices)} slices)")
     if args.checksums_only:
         return 0
     from avminer.engines.export import PARITY_ATOL, check_parity

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from avminer.cli.argtypes import POSITIVE
 from avminer.cli.catalog import add_catalog_argument
 
 
@@ -27,7 +28,7 @@ def register(sub: Any) -> None:
     ls.add_argument("--out", required=True, help="tasks JSON file to write")
     ls.add_argument("--config-out", help="also write the matching labeling configuration (XML)")
     _add_selection(ls)
-    ls.add_argument("--presign", type=int, metavar="SECONDS", help="presign s3:// frame URLs for this long")
+    ls.add_argument("--presign", type=POSITIVE, metavar="SECONDS", help="presign s3:// frame URLs for this long")
     ls.add_argument("--local-files-root", help="serve file:// frames as /data/local-files/ paths under this dir")
     ls.set_defaults(func=_labelstudio)
 
@@ -43,7 +44,7 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
                         help="only samples in this state (repeatable; default: requested)")
     parser.add_argument("--slice", action="append", default=[], help="slice pattern (repeatable)")
     parser.add_argument("--since", help="frames at or after: '1h', ISO-8601 or microseconds")
-    parser.add_argument("--limit", type=int, help="at most this many frames (newest first)")
+    parser.add_argument("--limit", type=POSITIVE, help="at most this many frames (newest first)")
 
 
 def _selected(args: argparse.Namespace, catalog: Any) -> list[Any]:
@@ -55,6 +56,13 @@ def _selected(args: argparse.Namespace, catalog: Any) -> list[Any]:
     ))
 
 
+def _local_dirs(catalog: Any) -> list[Path]:
+    """Where a catalog's own ``file://`` blobs may lie: beside a SQLite catalog (its output directory)."""
+    if catalog.is_postgres or not catalog.url.startswith("sqlite:///"):
+        return []
+    return [Path(catalog.url[len("sqlite:///"):]).expanduser().resolve().parent]
+
+
 def _cvat(args: argparse.Namespace) -> int:
     from avminer.cli.catalog import open_from_args
     from avminer.config import load_settings
@@ -63,7 +71,7 @@ def _cvat(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     with open_from_args(args) as catalog:
-        done = export_task(_selected(args, catalog), open_reader(settings), args.out)
+        done = export_task(_selected(args, catalog), open_reader(settings, _local_dirs(catalog)), args.out)
     print(f"wrote {len(done.images)} frame(s) to {Path(args.out) / 'images'} and {done.pre_annotated} "
           f"pre-annotation(s) to {done.annotations}: create a CVAT task from the images, then upload the zip "
           "as annotations in the 'Segmentation mask 1.1' format")
@@ -86,7 +94,7 @@ def _labelstudio(args: argparse.Namespace) -> int:
         presign = lambda uri: store.presign(uri, ttl)  # noqa: E731
     urls = ImageUrls(presign, Path(args.local_files_root) if args.local_files_root else None)
     with open_from_args(args) as catalog:
-        tasks = export_tasks(_selected(args, catalog), open_reader(settings), urls)
+        tasks = export_tasks(_selected(args, catalog), open_reader(settings, _local_dirs(catalog)), urls)
     Path(args.out).write_text(json.dumps(tasks))
     if args.config_out:
         Path(args.config_out).write_text(label_config())

@@ -29,18 +29,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configured_level(args: argparse.Namespace) -> int:
+    """``log_level`` of the settings; INFO when they do not load (the command then reports why)."""
+    from avminer.config import load_settings
+
+    try:
+        return int(logging.getLevelName(load_settings(getattr(args, "config", None)).log_level.upper()))
+    except (AvminerError, ValueError):
+        return logging.INFO
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else _configured_level(args),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     try:
         rc = args.func(args)
     except AvminerError as exc:
-        print(f"avminer: error: {exc}", file=sys.stderr)
+        # One line, whatever a wrapped library's message looked like (psycopg's span several).
+        print("avminer: error: " + " ".join(part.strip() for part in str(exc).splitlines()), file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path that cannot be written or read: the user's to fix, not a bug to trace
+        if args.verbose:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"avminer: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from avminer.errors import BundleError
+from avminer.safeio import InputRefusedError, printable, read_local_file
 from avminer.storage.bundles import MANIFEST, sha256_file
 
 FORMAT = "avminer-bundle/1"
@@ -99,6 +101,22 @@ class Bundle:
         return self.path / rel if rel else None
 
 
+MAX_MANIFEST_BYTES = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _int_in(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _safe_relpath(rel: Any) -> bool:
+    """A plain relative path inside the bundle: no absolute path, no ``..``, no backslash or control character."""
+    if not isinstance(rel, str) or not rel or len(rel) > 255 or rel != printable(rel) or "\\" in rel:
+        return False
+    p = PurePosixPath(rel)
+    return not p.is_absolute() and ".." not in p.parts and rel not in (".", MANIFEST)
+
+
 def _check_manifest(manifest: Any, where: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise BundleError(f"{where}: manifest must be a JSON object")
@@ -106,11 +124,38 @@ def _check_manifest(manifest: Any, where: Path) -> dict[str, Any]:
     if missing:
         raise BundleError(f"{where}: manifest lacks {', '.join(missing)}; was it written by avminer?")
     if manifest["format"] != FORMAT:
-        raise BundleError(f"{where}: bundle format {manifest['format']!r} is not {FORMAT!r}; upgrade avminer")
+        raise BundleError(f"{where}: bundle format {printable(manifest['format'])!r} is not {FORMAT!r}; upgrade avminer")
+    inp, classes, files = manifest["input"], manifest["classes"], manifest["files"]
+    checks = [
+        (isinstance(manifest["version"], str) and 0 < len(manifest["version"]) <= 128
+         and printable(manifest["version"]) == manifest["version"], "version", "a short printable string"),
+        (_int_in(manifest["members"], 1, 64), "members", "an integer in 1..64"),
+        (isinstance(inp, dict), "input", "an object"),
+        (isinstance(classes, list) and 0 < len(classes) <= 1024 and all(isinstance(c, str) for c in classes),
+         "classes", "a list of class names"),
+        (_int_in(manifest["void_index"], 0, 1024), "void_index", "an integer in 0..1024"),
+        (_int_in(manifest["feature_dim"], 1, 1 << 16), "feature_dim", "an integer in 1..65536"),
+        (isinstance(files, dict) and 0 < len(files) <= 10000, "files", "an object of path -> sha256"),
+        (isinstance(manifest.get("plans", {}), dict), "plans", "an object of key -> path"),
+        (isinstance(manifest.get("arch", {}), dict), "arch", "an object"),
+    ]
+    for ok, name, what in checks:
+        if not ok:
+            raise BundleError(f"{where}: manifest {name} must be {what}")
     for key in ("height", "width"):
-        if not isinstance(manifest["input"].get(key), int):
-            raise BundleError(f"{where}: manifest input.{key} must be an integer")
-    if ONNX_FILE not in manifest["files"]:
+        if not _int_in(inp.get(key), 1, 16384):
+            raise BundleError(f"{where}: manifest input.{key} must be an integer in 1..16384")
+    for rel, sha in files.items():
+        if not _safe_relpath(rel):
+            raise BundleError(f"{where}: manifest lists {printable(rel, 80)!r}: files must be relative paths inside "
+                              "the bundle")
+        if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+            raise BundleError(f"{where}: manifest checksum of {rel} is not a sha256 hex digest")
+    for key, rel in manifest.get("plans", {}).items():
+        if not _safe_relpath(rel):
+            raise BundleError(f"{where}: manifest plan {printable(key, 80)!r} names {printable(rel, 80)!r}: plans "
+                              "must be relative paths inside the bundle")
+    if ONNX_FILE not in files:
         raise BundleError(f"{where}: manifest lists no {ONNX_FILE}")
     return manifest
 
@@ -124,15 +169,18 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     root = Path(path)
     mpath = root / MANIFEST
     try:
-        manifest = json.loads(mpath.read_text())
+        manifest = json.loads(read_local_file(mpath, MAX_MANIFEST_BYTES))
     except FileNotFoundError:
         raise BundleError(f"{root}: no {MANIFEST}; not a model bundle") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, InputRefusedError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BundleError(f"{mpath}: unreadable manifest ({exc}); the bundle is corrupt") from exc
     manifest = _check_manifest(manifest, root)
     if verify:
+        real_root = root.resolve()
         for rel, expected in manifest["files"].items():
             fpath = root / rel
+            if fpath.is_symlink() or real_root not in fpath.resolve().parents:
+                raise BundleError(f"{root}: {rel} is a symlink or leads outside the bundle; bundles hold plain files")
             if not fpath.is_file():
                 raise BundleError(f"{root}: file {rel} listed in the manifest is missing")
             actual = sha256_file(fpath)

@@ -81,7 +81,11 @@ class _Bits:
         return out
 
 
-def decode_values(rle: list[int]) -> NDArray[np.uint8]:
+MAX_VALUES = 4 * 4096 * 4096
+"""Most values an RLE stream may declare (RGBA of a 4096 x 4096 mask)."""
+
+
+def decode_values(rle: list[int], max_values: int = MAX_VALUES) -> NDArray[np.uint8]:
     """rle-pack stream → flat byte array (words wider than 8 bits are refused)."""
     src = _Bits(rle)
     n = src.read(32)
@@ -89,6 +93,8 @@ def decode_values(rle: list[int]) -> NDArray[np.uint8]:
     widths = [src.read(4) + 1 for _ in range(4)]
     if word > 8:
         raise LabelError(f"brush RLE word size {word} > 8 bits is not an image mask")
+    if n > max_values:  # the header's count is allocated below: check it first
+        raise LabelError(f"brush RLE declares {n} values > limit {max_values}")
     out = np.zeros(n, dtype=np.uint8)
     i = 0
     while i < n:
@@ -107,7 +113,7 @@ def decode_values(rle: list[int]) -> NDArray[np.uint8]:
 
 def decode_layer(rle: list[int], width: int, height: int) -> NDArray[np.bool_]:
     """Brush RLE → binary layer ``[H, W]`` (set where alpha > 0)."""
-    values = decode_values(rle)
+    values = decode_values(rle, min(MAX_VALUES, width * height * 4))
     if values.size != width * height * 4:
         raise LabelError(
             f"brush RLE holds {values.size} values but {width}x{height} RGBA needs {width * height * 4}"

@@ -26,6 +26,7 @@ from avminer.errors import CatalogError, EventDecodeError, SinkError, SinkUnavai
 from avminer.events.records import LabelResult
 from avminer.labels.masks import InvalidLabelError, encode_mask_png, image_size, validate_mask
 from avminer.metrics import DEAD_LETTERS, LABELS_BACK
+from avminer.safeio import printable
 from avminer.sinks.base import retry_until_available
 from avminer.sinks.kafka_topic import dead_letter_headers
 from avminer.storage.base import MASK, FrameStore
@@ -54,6 +55,10 @@ class LabelApplier:
             InvalidLabelError: the result can never be accepted (reason says why).
             SinkUnavailableError: the store or catalog is unreachable; retry later.
         """
+        for name in ("sample_id", "labeler", "mask_uri"):
+            value = getattr(result, name) or ""
+            if printable(value, 1024) != value:  # NUL (no PostgreSQL text holds it), escapes, forged log lines
+                raise InvalidLabelError("invalid_result", f"{name} holds control characters or is over 1024 long")
         sample = self.catalog.get_sample(result.sample_id)
         if sample is None:
             raise InvalidLabelError("unknown_sample", f"sample {result.sample_id!r} is not in the catalog")
@@ -170,7 +175,8 @@ class LabelResultConsumer:
         self._dlq_futures: list[Any] = []
 
     def _dead_letter(self, msg: Any, reason: str, error: str) -> None:
-        log.warning("label result at %s[%d]@%d refused (%s): %s", msg.topic, msg.partition, msg.offset, reason, error)
+        log.warning("label result at %s[%d]@%d refused (%s): %s", msg.topic, msg.partition, msg.offset, reason,
+                    printable(error, 1000))
         headers = dead_letter_headers(msg.topic, msg.partition, msg.offset, reason, error)
         self._dlq_futures.append(self.producer.send(self.dlq_topic, key=msg.key, value=msg.value, headers=headers))
         DEAD_LETTERS.labels(reason=reason).inc()
@@ -194,6 +200,11 @@ class LabelResultConsumer:
             return
         except CatalogError as exc:  # e.g. the sample vanished between lookup and update
             self._dead_letter(msg, "unknown_sample", str(exc))
+            return
+        except SinkError:
+            raise  # a sink refusing for good (or unavailable while stopping) is no fault of this message
+        except Exception as exc:  # noqa: BLE001 - no message may stop the consumer (or every restart after it)
+            self._dead_letter(msg, "invalid_result", f"unexpected {type(exc).__name__}: {printable(exc)}")
             return
         LABELS_BACK.labels(result="ok").inc()
         self.stats.ok += 1

@@ -33,9 +33,11 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from numpy.typing import NDArray
 
+from avminer import images
 from avminer.catalog.catalog import SampleRow
 from avminer.errors import LabelError
 from avminer.events.records import LabelResult
+from avminer.labels import bounds
 from avminer.labels.masks import (
     CLASS_COLOURS,
     CLASS_NAMES,
@@ -204,25 +206,22 @@ def results_from_zip(
     Raises:
         LabelError: not a zip, or no usable ``labelmap.txt``.
     """
-    try:
-        zf = zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise LabelError(f"cannot read the CVAT export {path}: {exc}") from exc
+    zf = bounds.open_zip(path, "the CVAT export")
     now_us = int(datetime.now(UTC).timestamp() * 1_000_000)
     results: list[LabelResult] = []
     problems: list[str] = []
     with zf:
-        members = {PurePosixPath(n): n for n in zf.namelist()}
+        members = {PurePosixPath(i.filename): i.filename for i in bounds.zip_members(zf)}
         labelmap_name = next((n for p, n in members.items() if p.name == LABELMAP), None)
         if labelmap_name is None:
             raise LabelError(f"{path} has no {LABELMAP}; export the task as 'Segmentation mask 1.1'")
-        labelmap = parse_labelmap(zf.read(labelmap_name).decode("utf-8", errors="replace"))
+        labelmap = parse_labelmap(bounds.read_member(zf, labelmap_name).decode("utf-8", errors="replace"))
         for p, name in sorted(members.items()):
             if p.suffix.lower() != ".png" or p.parent.name != CLASS_DIR:
                 continue
             sample = p.stem
             try:
-                rgb = _rgb(zf.read(name))
+                rgb = _rgb(bounds.read_member(zf, name))
                 mask = ids_from_colours(rgb, labelmap, class_names)
             except LabelError as exc:
                 problems.append(f"{name}: {exc}")
@@ -233,13 +232,13 @@ def results_from_zip(
 
 
 def _rgb(data: bytes) -> NDArray[np.uint8]:
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with images.open_image(data, bounds.MAX_IMPORT_PIXELS, "png") as img:  # header checked before decoding
             if img.mode in ("L", "1"):  # one channel: CVAT writes grey levels as equal R, G, B
                 arr = np.asarray(img.convert("L"))
                 return np.repeat(arr[..., None], 3, axis=2)
             return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except images.ImageDecodeError as exc:
+        raise LabelError(str(exc)) from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise LabelError(f"not a readable PNG: {exc}") from exc

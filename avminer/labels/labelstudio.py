@@ -21,7 +21,6 @@ returns :class:`~avminer.events.records.LabelResult` records with the PNG inline
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from numpy.typing import NDArray
 from avminer.catalog.catalog import SampleRow
 from avminer.errors import LabelError
 from avminer.events.records import LabelResult
+from avminer.labels import bounds
 from avminer.labels.brush_rle import decode_layer, encode_layer
 from avminer.labels.masks import (
     CLASS_COLOURS,
@@ -228,7 +228,7 @@ def mask_from_results(
             continue
         if value.get("format", "rle") != "rle":
             raise LabelError(f"brush format {value.get('format')!r} is not supported; export with RLE masks")
-        width, height = int(r["original_width"]), int(r["original_height"])
+        width, height = bounds.check_label_size(r.get("original_width"), r.get("original_height"), "brush result")
         if mask is None:
             mask = np.full((height, width), VOID, dtype=np.uint8)  # [H, W]
         elif mask.shape != (height, width):
@@ -251,15 +251,10 @@ def results_from_export(
         (results, problems): one result per annotated task, and a line per task skipped and why.
     """
     if isinstance(export, (str, Path)):
-        try:
-            export = json.loads(Path(export).read_text())
-        except (OSError, ValueError) as exc:
-            raise LabelError(f"cannot read the Label Studio export {export}: {exc}") from exc
-    if not isinstance(export, list):
-        raise LabelError("a Label Studio JSON export is a list of tasks; export with the JSON format")
+        export = bounds.read_labelstudio_export(export)
+    tasks, problems = bounds.labelstudio_tasks(export)  # well-formed, sizes bounded: checked once, up front
     out: list[LabelResult] = []
-    problems: list[str] = []
-    for task in export:
+    for task in tasks:
         tid = task.get("id")
         sid = (task.get("data") or {}).get("sample_id")
         if not sid:

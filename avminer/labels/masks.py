@@ -27,7 +27,8 @@ VOID = CAMVID.void
 # Reasons a label result is refused (dead-letter ``reason`` header).
 REASONS = (
     "undecodable_event", "no_mask", "mask_unreadable", images.MASK_NOT_PNG, images.MASK_NOT_CLASS_IDS,
-    "mask_size_mismatch", images.CLASS_OUT_OF_RANGE, "unknown_sample", "frame_size_unknown",
+    "mask_size_mismatch", images.CLASS_OUT_OF_RANGE, "unknown_sample", "frame_size_unknown", images.MASK_TOO_LARGE,
+    "invalid_result",
 )
 
 
@@ -39,15 +40,16 @@ class InvalidLabelError(LabelError):
         super().__init__(message)
 
 
-def decode_mask_png(data: bytes) -> NDArray[np.uint8]:
+def decode_mask_png(data: bytes, expect_wh: tuple[int, int] | None = None) -> NDArray[np.uint8]:
     """PNG bytes → class-id array ``[H, W]`` uint8 (:func:`avminer.images.decode_mask`; no range check,
-    see :func:`validate_mask`).
+    see :func:`validate_mask`). With ``expect_wh`` (the frame's width, height) a header of another size
+    is refused before a pixel is decoded, as is any header over ``images.MAX_MASK_PIXELS``.
 
     Raises:
         InvalidLabelError: not a one-channel PNG of class ids; ``reason`` says which.
     """
     try:
-        return images.decode_mask(data)
+        return images.decode_mask(data, expect_wh=expect_wh)
     except images.ImageDecodeError as exc:
         raise InvalidLabelError(exc.reason, str(exc)) from exc
 
@@ -58,7 +60,7 @@ def validate_mask(data: bytes, width: int, height: int) -> NDArray[np.uint8]:
     Raises:
         InvalidLabelError: not a one-channel PNG, wrong size, or ids outside ``0..10`` and void 11.
     """
-    mask = decode_mask_png(data)  # [H, W]
+    mask = decode_mask_png(data, (width, height))  # [H, W]
     if mask.shape != (height, width):
         raise InvalidLabelError(
             "mask_size_mismatch",

@@ -62,7 +62,7 @@ from avminer.metrics import (
 )
 from avminer.mining.batcher import MicroBatcher
 from avminer.mining.deadletter import DeadLetterSink
-from avminer.mining.decode import PoisonError, decode_event, decode_image, image_bytes
+from avminer.mining.decode import as_poison, decode_event, decode_image, image_bytes
 from avminer.mining.offsets import OffsetTracker, Partition
 from avminer.sources.base import Source, SourceMessage
 from avminer.sources.join import RadarJoiner
@@ -508,9 +508,10 @@ class Pipeline:
             record = decode_event(msg)
             if isinstance(record, RadarScan):
                 return record, job
-            data = image_bytes(record, self.fetch)
-            image = decode_image(data, limits, self._target_hw(), record.encoding)
-        except PoisonError as exc:
+            data = image_bytes(record, self.fetch, limits)
+            image = decode_image(data, limits, self._target_hw(), record.encoding, (record.width, record.height))
+        except Exception as raw:  # noqa: BLE001 - no message may stop the stage: the unforeseen is poison too
+            exc = as_poison(raw)
             # Every dead letter is counted (avminer_dead_letters_total); the log gets a sample.
             seen = self._poison_logged.get(exc.reason, 0)
             self._poison_logged[exc.reason] = seen + 1

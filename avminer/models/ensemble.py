@@ -11,6 +11,7 @@ the net from ``arch`` alone (pruned, low-rank and per-member variants included).
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +151,14 @@ def load_ensemble(path: str | Path, map_location: str | torch.device = "cpu") ->
         blob = torch.load(Path(path), map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise TrainerError(f"{path}: no such model file") from None
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise TrainerError(f"{path}: not a readable model.pt ({exc})") from exc
+    except pickle.UnpicklingError as exc:
+        if "unsupported global" not in str(exc).lower():  # corrupt, not planted
+            raise TrainerError(f"{path}: not a readable model file (bad pickle data)") from exc
+        raise TrainerError(f"{path}: refused: model.pt holds objects other than tensors and plain values "
+                           "(it may run code)") from exc
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TrainerError(f"{path}: not a readable model.pt ({first})") from exc
     if not isinstance(blob, dict) or "arch" not in blob or "state_dict" not in blob:
         raise TrainerError(f"{path}: expected a dict with 'arch' and 'state_dict' (avminer save_ensemble)")
     model = Ensemble(blob["arch"])

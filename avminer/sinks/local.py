@@ -13,17 +13,20 @@ appends nothing twice. One process writes one output directory.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import os
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
-from avminer.errors import SinkError
+from avminer.errors import SinkError, SinkUnavailableError
 from avminer.events.records import Decision, LabelRequest
 
 REQUESTS_FILE = "requests.jsonl"
 DECISIONS_FILE = "decisions.jsonl"
+_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
 def record_to_json(record: Any) -> str:
@@ -40,6 +43,8 @@ class JsonlSink:
         self._seen: set[str] = set()
         self._repair_and_index()
         self._fh: IO[str] = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the sink
+        self._durable = self._fh.tell()  # the file's size after the last successful flush
+        self._unflushed: list[str] = []  # ids written since: forgotten again if the flush fails
 
     def _repair_and_index(self) -> None:
         if not self.path.exists():
@@ -71,8 +76,9 @@ class JsonlSink:
         try:
             self._fh.write(record_to_json(record) + "\n")
         except OSError as exc:
-            raise SinkError(f"cannot append to {self.path}: {exc.strerror}") from exc
+            self._roll_back(exc)
         self._seen.add(sid)
+        self._unflushed.append(sid)
         return True
 
     def flush(self) -> None:
@@ -80,7 +86,26 @@ class JsonlSink:
             self._fh.flush()
             os.fsync(self._fh.fileno())
         except OSError as exc:
-            raise SinkError(f"cannot flush {self.path}: {exc.strerror}") from exc
+            self._roll_back(exc)
+        self._durable = self._fh.tell()
+        self._unflushed.clear()
+
+    def _roll_back(self, exc: OSError) -> NoReturn:
+        """Undo everything since the last flush, so the caller's retry of the same batch writes it again.
+
+        A full disk can leave half a buffer on disk: the file is cut back to its last durable size and
+        the unflushed ids are forgotten (else the retry would skip them and they would be lost).
+        """
+        with contextlib.suppress(OSError):
+            self._fh.close()  # drops Python's buffer (its own flush may fail again)
+        with contextlib.suppress(OSError), open(self.path, "r+b") as fh:
+            fh.truncate(self._durable)
+        self._seen.difference_update(self._unflushed)
+        self._unflushed.clear()
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the sink
+        if exc.errno in _FULL:
+            raise SinkUnavailableError(f"cannot write {self.path}: {exc.strerror}; the miner pauses") from exc
+        raise SinkError(f"cannot write {self.path}: {exc.strerror}") from exc
 
     def close(self) -> None:
         if not self._fh.closed:

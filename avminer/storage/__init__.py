@@ -13,7 +13,8 @@ Client libraries (boto3) are imported only by the module that needs them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -32,11 +33,15 @@ def open_frame_store(settings: Settings) -> FrameStore:
     return LocalFrameStore(settings.sinks.output_dir)
 
 
-def open_reader(settings: Settings) -> Callable[[str], bytes]:
-    """A function reading any stored blob by URI: ``file://`` locally, ``s3://`` via ``sinks.s3``."""
+def open_reader(settings: Settings, roots: Sequence[str | Path] = ()) -> Callable[[str], bytes]:
+    """A function reading any stored blob by URI: ``file://`` locally, ``s3://`` via ``sinks.s3``.
+
+    ``file://`` URIs are read only under ``sinks.output_dir``, ``decode.image_roots`` and ``roots``,
+    regular files of bounded size: a catalog row cannot make an export copy out ``/etc/shadow``.
+    """
     from avminer.storage.local import LocalFrameStore
 
-    local = LocalFrameStore(settings.sinks.output_dir)
+    local = LocalFrameStore(settings.sinks.output_dir, read_roots=[*settings.decode.image_roots, *roots])
     s3: list[FrameStore] = []
 
     def read(uri: str) -> bytes:

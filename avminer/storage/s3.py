@@ -25,6 +25,12 @@ from avminer.storage.base import FRAME, backoff_delays, content_key
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+MAX_GET_BYTES = 256 * 1024 * 1024
+"""Largest object :meth:`S3FrameStore.get` reads (frames and masks are far smaller)."""
+
+
+class _Refused(Exception):
+    """An object over the read limit (not transient: never retried)."""
 
 # Error codes S3 servers use for "try again later".
 _TRANSIENT_CODES = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown",
@@ -197,8 +203,19 @@ class S3FrameStore:
     def get(self, uri: str) -> bytes:
         """Read any ``s3://bucket/key`` this client can reach (retried)."""
         bucket, key = parse_s3_uri(uri)
-        body: bytes = self._call("get", lambda: self.client.get_object(Bucket=bucket, Key=key)["Body"].read())
-        return body
+
+        def read() -> bytes:
+            obj = self.client.get_object(Bucket=bucket, Key=key)
+            # Bounded before the body is read: a URI from a message must not pull gigabytes into memory.
+            if int(obj.get("ContentLength") or 0) > MAX_GET_BYTES:
+                obj["Body"].close()
+                raise _Refused(f"{uri} has {obj['ContentLength']} bytes > {MAX_GET_BYTES}")
+            data: bytes = obj["Body"].read(MAX_GET_BYTES + 1)
+            if len(data) > MAX_GET_BYTES:
+                raise _Refused(f"{uri} is larger than {MAX_GET_BYTES} bytes")
+            return data
+
+        return self._call("get", read)
 
     def presign(self, uri: str, expires_s: int = 7 * 86400) -> str:
         """A presigned HTTP(S) GET URL for an ``s3://`` URI (for labeling tools)."""

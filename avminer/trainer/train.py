@@ -263,10 +263,19 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     Raises:
         TrainerError: unreadable or not a checkpoint.
     """
+    import pickle
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise TrainerError(f"{path}: unreadable checkpoint ({exc}); delete it to start over") from exc
+        # weights_only: tensors and plain containers only; a planted checkpoint cannot run code.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "unsupported global" not in str(exc).lower():  # corrupt, not planted
+            raise TrainerError(f"{path}: not a readable checkpoint file (bad pickle data)") from exc
+        raise TrainerError(f"{path}: refused: the checkpoint holds objects other than tensors and plain "
+                           "values (it may run code); delete it to start over") from exc
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TrainerError(f"{path}: unreadable checkpoint ({first}); delete it to start over") from exc
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise TrainerError(f"{path}: not an avminer training checkpoint; delete it to start over")
     return state

@@ -106,8 +106,9 @@ def test_image_uri_frames_are_fetched(tmp_path: object) -> None:
     f = frame(image=None)
     f.image = None
     f.image_uri = p.as_uri()
-    assert image_bytes(f) == p.read_bytes()
+    limits = DecodeSettings(image_roots=[str(tmp_path)])
+    assert image_bytes(f, limits=limits) == p.read_bytes()
     f.image_uri = (pathlib.Path(str(tmp_path)) / "missing.jpg").as_uri()
     with pytest.raises(PoisonError) as info:
-        image_bytes(f)
+        image_bytes(f, limits=limits)
     assert info.value.reason == decode.MISSING_IMAGE

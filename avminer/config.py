@@ -180,10 +180,19 @@ class BatcherSettings:
 class EngineSettings:
     bundle: str | None = field(default=None, metadata=_help("Model bundle directory. Unset: the starter bundle."))
     backend: str = field(
-        default="auto", metadata=_help("auto, onnxruntime, torch or tensorrt. auto: TensorRT on a GPU, else ORT.")
+        default="auto",
+        metadata=_help("auto, onnxruntime, torch, tensorrt or null (precomputed outputs: benchmarks the plumbing)."
+                       " auto: TensorRT on a GPU, else ORT."),
     )
     threads: int = field(default=0, metadata=_help("Intra-op CPU threads (0: library default)."))
     device: str = field(default="cpu", metadata=_help("cpu or cuda[:N] for the torch and TensorRT backends."))
+    precision: str | None = field(
+        default=None, metadata=_help("torch backend: fp32, fp16 or bf16 (unset: fp16 on CUDA, fp32 on the CPU).")
+    )
+    compile: str = field(
+        default="auto",
+        metadata=_help("torch backend: torch.compile at load: on, off, or auto (on for CUDA; eager if it fails)."),
+    )
     cache_dir: str = field(
         default="~/.cache/avminer/bundles", metadata=_help("Where released bundles are downloaded to.")
     )
@@ -204,7 +213,9 @@ class ScoringSettings:
     )
     grid: int = field(default=4, metadata=_help("Grid cells per side for grid pooling."))
     rare_class_weight: float = field(
-        default=3.0, metadata=_help("Weight of pixels predicted as pedestrian, bicyclist or sign.")
+        default=3.0,
+        metadata=_help("Weight w of pedestrian, bicyclist and sign pixels in the mi score: a pixel's MI counts"
+                       " 1 + (w - 1) * (ensemble probability of those classes) times."),
     )
     drift_window: int = field(default=200, metadata=_help("Frames per slice in the drift statistic's window."))
     drift_alarm: float = field(default=3.0, metadata=_help("Drift statistic (z-score) that raises the alarm."))
@@ -381,8 +392,11 @@ class Settings:
             (self.batcher.queue_size >= 1, "batcher.queue_size", "must be >= 1"),
             (self.decode.max_bytes > 0, "decode.max_bytes", "must be > 0"),
             (self.decode.max_pixels > 0, "decode.max_pixels", "must be > 0"),
-            (self.engine.backend in {"auto", "onnxruntime", "torch", "tensorrt"}, "engine.backend",
-             "must be one of auto, onnxruntime, torch, tensorrt"),
+            (self.engine.backend in {"auto", "onnxruntime", "torch", "tensorrt", "null"}, "engine.backend",
+             "must be one of auto, onnxruntime, torch, tensorrt, null"),
+            (self.engine.precision in {None, "fp32", "fp16", "bf16"}, "engine.precision",
+             "must be fp32, fp16 or bf16 (or unset)"),
+            (self.engine.compile in {"auto", "on", "off"}, "engine.compile", "must be auto, on or off"),
             (self.scoring.aggregation in {"mean", "topk", "grid"}, "scoring.aggregation",
              "must be one of mean, topk, grid"),
             (0 < self.scoring.topk_fraction <= 1, "scoring.topk_fraction", "must be in (0, 1]"),

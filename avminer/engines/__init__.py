@@ -1,18 +1,24 @@
 """Inference engines: model bundles and the backends that run them.
 
-- :mod:`~avminer.engines.bundle`: the bundle format (manifest, checksums, ONNX contract).
-- :mod:`~avminer.engines.base`: the :class:`Engine` interface, :class:`EngineOutput`, :func:`resize_batch`.
-- backends: :mod:`~avminer.engines.ort` (ONNX Runtime, the CPU default), :mod:`~avminer.engines.torch_backend`,
-  :mod:`~avminer.engines.tensorrt_backend` (GPU).
+- :mod:`~avminer.engines.contract`: what every backend returns (compact in-graph scores, :class:`EngineOutput`).
+- :mod:`~avminer.engines.bundle`: the bundle format (manifest, checksums, ONNX graph).
+- :mod:`~avminer.engines.base`: the :class:`Engine` interface, :func:`resize_batch`.
+- backends, named in :data:`BACKENDS`: :mod:`~avminer.engines.ort` (ONNX Runtime, the CPU default),
+  :mod:`~avminer.engines.torch_backend` (CPU, CUDA), :mod:`~avminer.engines.tensorrt_backend` (GPU),
+  :mod:`~avminer.engines.null` (precomputed outputs: measures the plumbing around the engine).
 - :mod:`~avminer.engines.export`: torch ensemble -> bundle; :mod:`~avminer.engines.hotswap`: model releases.
 
-Importing this package does not import torch or tensorrt; :func:`open_engine` imports the backend it picks.
+A new backend is one module with ``open_backend(bundle, threads=, device=, **options) -> Engine`` and
+one line in :data:`BACKENDS`. Importing this package does not import torch or tensorrt;
+:func:`open_engine` imports the backend it picks.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
+from typing import Any
 
 from avminer.engines.base import Engine, EngineOutput, resize_batch
 from avminer.engines.bundle import Bundle, load_bundle
@@ -23,7 +29,13 @@ __all__ = ["Bundle", "Engine", "EngineOutput", "default_bundle_path", "load_bund
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt")
+BACKENDS: dict[str, str] = {
+    "onnxruntime": "avminer.engines.ort",
+    "torch": "avminer.engines.torch_backend",
+    "tensorrt": "avminer.engines.tensorrt_backend",
+    "null": "avminer.engines.null",
+}
+"""Backend name -> module with an ``open_backend`` factory (imported only when the backend is picked)."""
 
 
 def default_bundle_path() -> Path:
@@ -36,6 +48,7 @@ def open_engine(
     backend: str = "auto",
     threads: int = 0,
     device: str = "cpu",
+    **options: Any,
 ) -> Engine:
     """Load a bundle (verifying checksums) and open it on a backend.
 
@@ -44,40 +57,36 @@ def open_engine(
 
     Args:
         bundle_or_path: a loaded bundle or its directory (default: the starter bundle).
-        backend: ``auto``, ``onnxruntime``, ``torch`` or ``tensorrt``.
+        backend: ``auto`` or a name in :data:`BACKENDS`.
         threads: CPU intra-op threads for onnxruntime/torch (0: library default).
         device: ``cpu`` or ``cuda[:N]``.
+        options: backend-specific (torch: ``precision``, ``compile``, ``max_batch``); backends that
+            do not know an option ignore it.
 
     Raises:
         BundleError: the bundle is missing, corrupt or incompatible.
         BackendUnavailableError: the backend (or its device) is not installed here.
     """
-    if backend not in BACKENDS:
-        raise EngineError(f"unknown engine backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if backend != "auto" and backend not in BACKENDS:
+        raise EngineError(f"unknown engine backend {backend!r}; use auto or one of {', '.join(BACKENDS)}")
     if isinstance(bundle_or_path, Bundle):
         bundle = bundle_or_path
     else:
         bundle = load_bundle(bundle_or_path if bundle_or_path is not None else default_bundle_path())
     if backend == "auto":
         if is_tensorrt_available() and is_cuda_available():
-            from avminer.engines.tensorrt_backend import TensorRTEngine
-
             try:
-                return TensorRTEngine(bundle, device=device)
+                return _open(bundle, "tensorrt", threads, device, options)
             except EngineError as exc:  # includes a plan that cannot be built here: ORT still works
                 log.warning("TensorRT unusable for model %s (%s); falling back to onnxruntime", bundle.version, exc)
         backend, device = "onnxruntime", _ort_device(device)
-    if backend == "tensorrt":
-        from avminer.engines.tensorrt_backend import TensorRTEngine
+    return _open(bundle, backend, threads, device, options)
 
-        return TensorRTEngine(bundle, device=device)
-    if backend == "torch":
-        from avminer.engines.torch_backend import TorchEngine
 
-        return TorchEngine(bundle, device=device, threads=threads)
-    from avminer.engines.ort import OrtEngine
-
-    return OrtEngine(bundle, threads=threads, device=device)
+def _open(bundle: Bundle, backend: str, threads: int, device: str, options: dict[str, Any]) -> Engine:
+    module = importlib.import_module(BACKENDS[backend])
+    engine: Engine = module.open_backend(bundle, threads=threads, device=device, **options)
+    return engine
 
 
 def _ort_device(device: str) -> str:

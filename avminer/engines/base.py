@@ -1,8 +1,9 @@
 """The one inference interface every backend implements, and the image plumbing around it.
 
 An :class:`Engine` runs one bundle's ensemble on a batch of ``uint8`` RGB frames already resized to the
-bundle's input size and returns an :class:`EngineOutput`: per-member class probabilities and a pooled
-feature vector per frame. Backends (onnxruntime, torch, TensorRT) differ only in :meth:`Engine._run`;
+bundle's input size and returns an :class:`~avminer.engines.contract.EngineOutput`: the compact scores,
+features, strided uncertainty map and argmax the graph's scoring head computed (full probabilities
+only on request). Backends (onnxruntime, torch, TensorRT, null) differ only in :meth:`Engine._run`;
 validation, metrics and the version stamp live here so that every backend behaves the same.
 """
 
@@ -10,30 +11,17 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
 import numpy as np
 
 from avminer.engines.bundle import Bundle
+from avminer.engines.contract import EngineOutput, HeadSpec, PredictionFetch, check_output, host_prediction
 from avminer.errors import EngineError
 from avminer.metrics import ENGINE_BATCH, ENGINE_LATENCY
 
-
-@dataclass(frozen=True)
-class EngineOutput:
-    """What one batch produced, stamped with the model version that produced it.
-
-    Attributes:
-        probs: float32 ``[K, N, C, H, W]`` per-member softmax probabilities.
-        features: float32 ``[N, D]`` pooled features (shift detection, near-duplicates).
-        version: the bundle version that ran this batch (every decision names it).
-    """
-
-    probs: np.ndarray
-    features: np.ndarray
-    version: str
+__all__ = ["Engine", "EngineOutput", "check_outputs", "compact_from_probs", "resize_batch", "to_nchw_float"]
 
 
 def resize_batch(images: list[np.ndarray], height: int, width: int) -> np.ndarray:
@@ -79,13 +67,15 @@ class Engine(ABC):
 
     Attributes:
         bundle: the (verified) bundle this engine was loaded from.
-        backend: ``onnxruntime``, ``torch`` or ``tensorrt``.
+        backend: the registry name (``onnxruntime``, ``torch``, ``tensorrt``, ``null``).
+        head: the bundle's scoring head.
     """
 
     backend: str = "abstract"
 
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
+        self.head: HeadSpec = bundle.head
         self._closed = False
 
     @property
@@ -98,14 +88,15 @@ class Engine(ABC):
         """(height, width) that :meth:`infer` expects; use :func:`resize_batch` to get there."""
         return self.bundle.input_height, self.bundle.input_width
 
-    def infer(self, images: np.ndarray) -> EngineOutput:
-        """Run the ensemble on one batch.
+    def infer(self, images: np.ndarray, probs: bool = False) -> EngineOutput:
+        """Run the ensemble and its scoring head on one batch.
 
         Args:
             images: uint8 ``[N, H, W, 3]`` RGB at :attr:`input_hw`.
+            probs: also return the ``[K, N, C, H, W]`` probabilities (analysis; ~30 MB a frame at 480x360).
 
         Returns:
-            probs float32 ``[K, N, C, H, W]`` and features float32 ``[N, D]``, stamped with :attr:`version`.
+            The compact outputs, stamped with :attr:`version`.
 
         Raises:
             EngineError: wrong input dtype/shape, a closed engine, or a backend failure.
@@ -121,14 +112,27 @@ class Engine(ABC):
         if images.shape[0] == 0:
             raise EngineError("empty batch: call infer with at least one frame")
         start = time.perf_counter()
-        probs, features = self._run(np.ascontiguousarray(images))
+        out = self._run(np.ascontiguousarray(images), probs)
         ENGINE_LATENCY.labels(backend=self.backend).observe(time.perf_counter() - start)
         ENGINE_BATCH.observe(images.shape[0])
-        return EngineOutput(probs=probs, features=features, version=self.version)
+        return out
 
     @abstractmethod
-    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Backend hook: uint8 ``[N, H, W, 3]`` contiguous -> (probs ``[K, N, C, H, W]``, features ``[N, D]``)."""
+    def _run(self, images: np.ndarray, probs: bool) -> EngineOutput:
+        """Backend hook: uint8 ``[N, H, W, 3]`` contiguous -> the batch's outputs (see :meth:`_output`)."""
+
+    def _output(self, scores: np.ndarray, features: np.ndarray, umap: np.ndarray, fetch: PredictionFetch,
+                probs: np.ndarray | None = None) -> EngineOutput:
+        """An :class:`EngineOutput` stamped with this engine's version and head."""
+        return EngineOutput(
+            scores=scores, features=features, umap=umap, version=self.version,
+            score_names=self.head.score_names(), map_scale=self.head.map_scale(len(self.bundle.classes)),
+            fetch_prediction=fetch, probs=probs,
+        )
+
+    def host_bytes_per_frame(self) -> int:
+        """Bytes that reach host memory per frame on every batch (scores, features, strided map)."""
+        return self.head.host_bytes(self.input_hw, self.bundle.feature_dim)
 
     def warmup(self, batch: int = 1, rounds: int = 2) -> None:
         """Run a few throw-away batches so the first real batch does not pay for lazy initialisation."""
@@ -154,26 +158,51 @@ class Engine(ABC):
         return f"<{type(self).__name__} model={self.version} K={self.bundle.members} input={h}x{w}>"
 
 
-def check_outputs(bundle: Bundle, probs: np.ndarray, features: np.ndarray, batch: int) -> None:
+def check_outputs(bundle: Bundle, out: EngineOutput, batch: int) -> None:
     """Check one batch's outputs against the bundle's manifest (used by the hot-swap probe).
 
     Raises:
-        EngineError: a shape that disagrees with the manifest, non-finite values, or probabilities that
-            do not sum to one over the classes.
+        EngineError: see :func:`avminer.engines.contract.check_output`.
     """
-    expected = (bundle.members, batch, len(bundle.classes), bundle.input_height, bundle.input_width)
-    if probs.shape != expected:
-        raise EngineError(f"model {bundle.version}: probs shape {list(probs.shape)}, manifest says {list(expected)}")
-    if features.shape != (batch, bundle.feature_dim):
-        raise EngineError(
-            f"model {bundle.version}: features shape {list(features.shape)}, "
-            f"manifest says {[batch, bundle.feature_dim]}"
-        )
-    if not (np.isfinite(probs).all() and np.isfinite(features).all()):
-        raise EngineError(f"model {bundle.version}: non-finite outputs on the probe batch")
-    sums = probs.sum(axis=2, dtype=np.float64)  # [K, N, H, W]
-    if np.abs(sums - 1.0).max() > 1e-2:  # loose enough for FP16 TensorRT plans
-        raise EngineError(
-            f"model {bundle.version}: probs do not sum to 1 over classes (off by {np.abs(sums - 1).max():.3g}); "
-            "the ONNX graph must end in a softmax"
-        )
+    check_output(out, members=bundle.members, classes=len(bundle.classes), feature_dim=bundle.feature_dim,
+                 input_hw=(bundle.input_height, bundle.input_width), head=bundle.head, batch=batch,
+                 version=bundle.version)
+
+
+def compact_from_probs(
+    probs: np.ndarray, features: np.ndarray, head: HeadSpec, classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, PredictionFetch]:
+    """The scoring head in numpy, for engines that hold probabilities on the host (test doubles, the
+    null engine's precomputation): the same maths as :class:`avminer.models.head.ScoringHead`.
+
+    Args:
+        probs: float32 ``[K, N, C, H, W]``.
+        features: float32 ``[N, D]``.
+        head: pooling and map settings.
+        classes: C.
+
+    Returns:
+        (scores ``[N, S]``, features, umap ``[N, h, w]``, prediction fetch).
+    """
+    from avminer.scoring.shift import max_softmax_score
+    from avminer.scoring.uncertainty import MEASURES, aggregate, mean_prediction, uncertainty_maps
+
+    s = head.map_stride
+    sub = np.ascontiguousarray(probs[..., ::s, ::s]) if s > 1 else probs  # [K, N, C, h, w]
+    maps = uncertainty_maps(sub, MEASURES)  # name -> [N, h, w]
+    class_weight = np.ones(classes, np.float32)
+    class_weight[[c for c in head.rare_classes if 0 <= c < classes]] = head.rare_class_weight
+    weights = np.einsum("c,kncij->nij", class_weight, sub) / np.float32(sub.shape[0])  # [N, h, w] soft weights
+    cols = []
+    for name in MEASURES:
+        for pooling in ("mean", "topk", "grid"):
+            cols.append(aggregate(maps[name], pooling, head.topk_fraction, head.grid,
+                                  weights if name == "mi" else None))
+    cols.append(max_softmax_score(sub))
+    scores = np.stack(cols, axis=1).astype(np.float32)  # [N, S]
+    if head.map_dtype == "uint8":
+        umap = np.clip(np.round(maps["mi"] / head.map_scale(classes)), 0, 255).astype(np.uint8)
+    else:
+        umap = maps["mi"].astype(np.float16)
+    argmax = mean_prediction(probs)  # [N, H, W]
+    return scores, np.asarray(features, np.float32), umap, host_prediction(argmax)

@@ -8,9 +8,12 @@ Layout of a bundle directory::
     reference_stats.npz    per-condition feature statistics for shift detection (avminer.scoring.shift)
     plans/<key>.plan       TensorRT plans keyed by GPU architecture and TensorRT version (optional)
 
-ONNX contract: input ``images`` float32 ``[N, 3, H, W]`` RGB in 0..255 (normalisation is inside the
-graph); outputs ``probs`` float32 ``[K, N, C, H, W]`` (per-member softmax) and ``features`` float32
-``[N, D]`` (pooled features for shift detection). Batch N is dynamic.
+ONNX contract (format 2): input ``images`` float32 ``[N, 3, H, W]`` RGB in 0..255 (normalisation is
+inside the graph); outputs the compact per-frame ``scores``, ``features``, ``umap`` and ``argmax`` of
+:mod:`avminer.engines.contract`, computed by the in-graph scoring head described by ``manifest["head"]``,
+and ``probs`` ``[K, N, C, H, W]`` (per-member softmax) read only on request. Batch N is dynamic.
+Format 1 bundles (probabilities out, scored on the host) are refused with the command that upgrades them
+(``tools/reexport_bundle.py``: re-export from the bundle's own ``model.pt``, no retraining).
 
 Every file is listed in ``manifest["files"]`` with its sha256; :func:`load_bundle` refuses a bundle
 whose bytes differ (one flipped byte is enough) with a :class:`~avminer.errors.BundleError`.
@@ -27,19 +30,28 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from avminer.engines.contract import (
+    INPUT_NAME,
+    OUTPUT_ARGMAX,
+    OUTPUT_FEATURES,
+    OUTPUT_PROBS,
+    OUTPUT_SCORES,
+    OUTPUT_UMAP,
+    HeadSpec,
+)
 from avminer.errors import BundleError
 from avminer.safeio import InputRefusedError, printable, read_local_file
 from avminer.storage.bundles import MANIFEST, sha256_file
 
-FORMAT = "avminer-bundle/1"
+__all__ = ["MANIFEST", "INPUT_NAME", "OUTPUT_ARGMAX", "OUTPUT_FEATURES", "OUTPUT_PROBS", "OUTPUT_SCORES", "OUTPUT_UMAP"]
+
+FORMAT = "avminer-bundle/2"
+OLD_FORMATS = ("avminer-bundle/1",)
 ONNX_FILE = "model.onnx"
 TORCH_FILE = "model.pt"
 REFERENCE_FILE = "reference_stats.npz"
-INPUT_NAME = "images"
-OUTPUT_PROBS = "probs"
-OUTPUT_FEATURES = "features"
 
-_REQUIRED = ("format", "version", "members", "input", "classes", "void_index", "feature_dim", "files")
+_REQUIRED = ("format", "version", "members", "input", "classes", "void_index", "feature_dim", "head", "files")
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,11 @@ class Bundle:
         return dict(self.manifest.get("arch", {}))
 
     @property
+    def head(self) -> HeadSpec:
+        """The in-graph scoring head (pooling, map stride, rare classes) the bundle was exported with."""
+        return HeadSpec.from_manifest(self.manifest["head"], self.path)
+
+    @property
     def onnx_path(self) -> Path:
         return self.path / ONNX_FILE
 
@@ -120,6 +137,12 @@ def _safe_relpath(rel: Any) -> bool:
 def _check_manifest(manifest: Any, where: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise BundleError(f"{where}: manifest must be a JSON object")
+    if manifest.get("format") in OLD_FORMATS:
+        raise BundleError(
+            f"{where}: bundle format {manifest['format']!r} returns full probabilities and has no in-graph "
+            f"scoring head; this avminer runs {FORMAT!r}. Upgrade it without retraining: "
+            f"python tools/reexport_bundle.py {where}"
+        )
     missing = [k for k in _REQUIRED if k not in manifest]
     if missing:
         raise BundleError(f"{where}: manifest lacks {', '.join(missing)}; was it written by avminer?")
@@ -157,6 +180,7 @@ def _check_manifest(manifest: Any, where: Path) -> dict[str, Any]:
                               "must be relative paths inside the bundle")
     if ONNX_FILE not in files:
         raise BundleError(f"{where}: manifest lists no {ONNX_FILE}")
+    HeadSpec.from_manifest(manifest["head"], where)
     return manifest
 
 

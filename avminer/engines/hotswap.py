@@ -123,6 +123,8 @@ class EngineHolder:
             return fetch_release(release, eng.cache_dir, s3)
 
         kwargs.setdefault("fetcher", fetch)
+        kwargs.setdefault("opener", _default_opener(eng.backend, eng.threads, eng.device, precision=eng.precision,
+                                                    compile=eng.compile, max_batch=settings.batcher.max_batch))
         return cls(backend=eng.backend, threads=eng.threads, device=eng.device, **kwargs)
 
     # -- serving -------------------------------------------------------------------------------------------
@@ -224,7 +226,7 @@ class EngineHolder:
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, size=(self._probe_batch, h, w, 3), dtype=np.uint8)
         out = engine.infer(images)
-        check_outputs(engine.bundle, out.probs, out.features, self._probe_batch)
+        check_outputs(engine.bundle, out, self._probe_batch)
 
     def _install(self, engine: Engine) -> Engine | None:
         new = _Slot(engine)
@@ -262,11 +264,11 @@ def _same_model(a: Bundle, b: Bundle) -> bool:
     return a.version == b.version and a.manifest["files"].get("model.onnx") == b.manifest["files"].get("model.onnx")
 
 
-def _default_opener(backend: str, threads: int, device: str) -> Opener:
+def _default_opener(backend: str, threads: int, device: str, **options: Any) -> Opener:
     def open_(bundle: Bundle) -> Engine:
         from avminer.engines import open_engine
 
-        return open_engine(bundle, backend=backend, threads=threads, device=device)
+        return open_engine(bundle, backend=backend, threads=threads, device=device, **options)
 
     return open_
 

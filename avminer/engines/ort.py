@@ -1,8 +1,9 @@
 """ONNX Runtime backend: the CPU default (CUDA execution provider when the build has it).
 
 Inputs and outputs go through I/O binding: the converted input array is handed to ONNX Runtime without a
-copy, and the outputs are written straight into numpy arrays this module allocates, so no per-batch
-copy of the (large) probability tensor happens on the way out.
+copy, and the compact outputs (scores, features, map, argmax) are written straight into numpy arrays
+this module allocates. The ``probs`` output is bound only when asked for; otherwise ONNX Runtime keeps
+it in its own arena and it is never copied.
 """
 
 from __future__ import annotations
@@ -14,7 +15,18 @@ from typing import Any
 import numpy as np
 
 from avminer.engines.base import Engine, to_nchw_float
-from avminer.engines.bundle import INPUT_NAME, OUTPUT_FEATURES, OUTPUT_PROBS, Bundle
+from avminer.engines.bundle import Bundle
+from avminer.engines.contract import (
+    COMPACT_OUTPUTS,
+    INPUT_NAME,
+    OUTPUT_ARGMAX,
+    OUTPUT_FEATURES,
+    OUTPUT_PROBS,
+    OUTPUT_SCORES,
+    OUTPUT_UMAP,
+    EngineOutput,
+    host_prediction,
+)
 from avminer.errors import BackendUnavailableError, EngineError
 
 log = logging.getLogger(__name__)
@@ -71,46 +83,67 @@ class OrtEngine(Engine):
         except Exception as exc:  # onnxruntime raises its own (non-public) exception types
             raise EngineError(f"onnxruntime could not load {bundle.onnx_path}: {exc}") from exc
         names = {o.name for o in self._session.get_outputs()}
-        if {OUTPUT_PROBS, OUTPUT_FEATURES} - names or INPUT_NAME not in {i.name for i in self._session.get_inputs()}:
+        if set(COMPACT_OUTPUTS) - names or INPUT_NAME not in {i.name for i in self._session.get_inputs()}:
             raise EngineError(
-                f"{bundle.onnx_path}: graph must take '{INPUT_NAME}' and return '{OUTPUT_PROBS}' and "
-                f"'{OUTPUT_FEATURES}' (has outputs {sorted(names)}); re-export with avminer.engines.export"
+                f"{bundle.onnx_path}: graph must take '{INPUT_NAME}' and return {', '.join(COMPACT_OUTPUTS)} "
+                f"(has outputs {sorted(names)}); re-export with tools/reexport_bundle.py"
             )
+        self._has_probs = OUTPUT_PROBS in names
         self.device = device
         self.threads = threads
         self._reuse = reuse_outputs
-        self._buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._buffers: dict[int, dict[str, np.ndarray]] = {}
         self._lock = threading.Lock()  # only guards the reused buffers; sessions run concurrently
 
-    def _outputs(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def _outputs(self, n: int, probs: bool) -> dict[str, np.ndarray]:
         b = self.bundle
-        shape_p = (b.members, n, len(b.classes), b.input_height, b.input_width)
-        if not self._reuse:
-            return np.empty(shape_p, np.float32), np.empty((n, b.feature_dim), np.float32)
-        if n not in self._buffers:
-            self._buffers[n] = (np.empty(shape_p, np.float32), np.empty((n, b.feature_dim), np.float32))
-        return self._buffers[n]
+        h, w = self.input_hw
+        mh, mw = self.head.map_hw((h, w))
+        umap_dtype = np.uint8 if self.head.map_dtype == "uint8" else np.float16
+        if self._reuse and not probs and n in self._buffers:
+            return self._buffers[n]
+        bufs = {
+            OUTPUT_SCORES: np.empty((n, len(self.head.score_names())), np.float32),
+            OUTPUT_FEATURES: np.empty((n, b.feature_dim), np.float32),
+            OUTPUT_UMAP: np.empty((n, mh, mw), umap_dtype),
+            OUTPUT_ARGMAX: np.empty((n, h, w), np.uint8),
+        }
+        if probs:
+            if not self._has_probs:
+                raise EngineError(f"model {self.version}: the graph has no '{OUTPUT_PROBS}' output to return")
+            bufs[OUTPUT_PROBS] = np.empty((b.members, n, len(b.classes), h, w), np.float32)
+        elif self._reuse:
+            self._buffers[n] = bufs
+        return bufs
 
-    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, images: np.ndarray, probs: bool) -> EngineOutput:
         x = to_nchw_float(images)  # [N, 3, H, W]
         if self._reuse:
             with self._lock:
-                return self._bound_run(x)
-        return self._bound_run(x)
+                return self._bound_run(x, probs)
+        return self._bound_run(x, probs)
 
-    def _bound_run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        probs, features = self._outputs(x.shape[0])  # [K, N, C, H, W], [N, D]
+    def _bound_run(self, x: np.ndarray, probs: bool) -> EngineOutput:
+        bufs = self._outputs(x.shape[0], probs)
         binding = self._session.io_binding()
         binding.bind_cpu_input(INPUT_NAME, x)
-        for name, buf in ((OUTPUT_PROBS, probs), (OUTPUT_FEATURES, features)):
-            binding.bind_output(name, "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
+        for name, buf in bufs.items():
+            binding.bind_output(name, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
+        if not probs and self._has_probs:
+            binding.bind_output(OUTPUT_PROBS, "cpu")  # ORT-allocated, never copied out
         try:
             self._session.run_with_iobinding(binding)
         except Exception as exc:
             raise EngineError(f"onnxruntime failed on a batch of {x.shape[0]} for model {self.version}: {exc}") from exc
-        return probs, features
+        return self._output(bufs[OUTPUT_SCORES], bufs[OUTPUT_FEATURES], bufs[OUTPUT_UMAP],
+                            host_prediction(bufs[OUTPUT_ARGMAX]), bufs.get(OUTPUT_PROBS))
 
     def close(self) -> None:
         super().close()
         self._buffers.clear()
         self._session = None
+
+
+def open_backend(bundle: Bundle, threads: int = 0, device: str = "cpu", **options: Any) -> OrtEngine:
+    """The :data:`avminer.engines.BACKENDS` factory (torch-only options are ignored)."""
+    return OrtEngine(bundle, threads=threads, device=device)

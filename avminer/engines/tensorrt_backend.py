@@ -36,7 +36,17 @@ from typing import Any
 import numpy as np
 
 from avminer.engines.base import Engine
-from avminer.engines.bundle import INPUT_NAME, OUTPUT_FEATURES, OUTPUT_PROBS, Bundle, add_file
+from avminer.engines.bundle import Bundle, add_file
+from avminer.engines.contract import (
+    COMPACT_OUTPUTS,
+    INPUT_NAME,
+    OUTPUT_ARGMAX,
+    OUTPUT_FEATURES,
+    OUTPUT_PROBS,
+    OUTPUT_SCORES,
+    OUTPUT_UMAP,
+    EngineOutput,
+)
 from avminer.errors import BackendUnavailableError, BundleError, EngineError
 from avminer.utils.imports import is_cuda_available, require_tensorrt, require_torch
 
@@ -135,23 +145,54 @@ def has_fp16_flag(trt: Any) -> bool:
     return hasattr(trt.BuilderFlag, "FP16")
 
 
+HEAD_SCOPE = "/head/"
+"""Name prefix the exporter gives the scoring head's nodes (the module attribute ``head``)."""
+
+
+def _detach_outputs(model: Any) -> None:
+    """Give every graph output that nodes also consume its own Identity node, in place.
+
+    ``probs`` is both a graph output and the head's input; with ``keep_io_types`` the converters cast the
+    output back to FP32 but leave its internal consumers typed inconsistently (ONNX Runtime refuses the
+    graph). Behind an Identity the internal tensor and the graph output are two tensors.
+    """
+    import onnx
+
+    consumed = {name for node in model.graph.node for name in node.input}
+    for out in model.graph.output:
+        if out.name not in consumed:
+            continue
+        inner = f"{out.name}__inner"
+        for node in model.graph.node:
+            node.output[:] = [inner if o == out.name else o for o in node.output]
+            node.input[:] = [inner if i == out.name else i for i in node.input]
+        model.graph.node.append(onnx.helper.make_node("Identity", [inner], [out.name], name=f"{out.name}__output"))
+
+
 def onnx_to_fp16(onnx_bytes: bytes) -> bytes:
     """Convert an FP32 ONNX graph to FP16 with FP32 inputs/outputs (for strongly typed TensorRT builds).
+
+    With ModelOpt the scoring head (nodes under ``/head/``, :class:`avminer.models.head.ScoringHead`)
+    stays in FP32: entropies of FP16 probabilities lose their small terms, and the head is cheap next to
+    the net.
 
     Raises:
         BackendUnavailableError: neither ModelOpt nor onnxconverter-common is installed.
     """
     import onnx
 
+    graph = onnx.load_from_string(onnx_bytes)
+    _detach_outputs(graph)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "model.onnx"
-        src.write_bytes(onnx_bytes)
+        src.write_bytes(graph.SerializeToString())
         try:
             from modelopt.onnx.autocast import convert_to_mixed_precision
 
             return bytes(
                 convert_to_mixed_precision(
-                    onnx_path=str(src), low_precision_type="fp16", keep_io_types=True
+                    onnx_path=str(src), low_precision_type="fp16", keep_io_types=True,
+                    nodes_to_exclude=[f"^{HEAD_SCOPE}"],  # regular expressions of node names
                 ).SerializeToString()
             )
         except ImportError:
@@ -166,7 +207,8 @@ def onnx_to_fp16(onnx_bytes: bytes) -> bytes:
         with warnings.catch_warnings():
             # It warns once per weight below FP16's range that it clamps: expected, and noise in a build log.
             warnings.filterwarnings("ignore", message="the float32 number", category=UserWarning)
-            model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+            head = [n.name for n in graph.graph.node if n.name.startswith(HEAD_SCOPE)]
+            model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, node_block_list=head)
         return bytes(model.SerializeToString())
 
 
@@ -291,17 +333,20 @@ class TensorRTEngine(Engine):
                 )
             self._context = self._engine.create_execution_context()
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
-        missing = {INPUT_NAME, OUTPUT_PROBS, OUTPUT_FEATURES} - set(names)
+        missing = {INPUT_NAME, *COMPACT_OUTPUTS} - set(names)
         if missing:
             raise BundleError(f"{plan_path}: plan lacks tensors {sorted(missing)}; rebuild it")
         self._dtypes = {n: getattr(torch, _DTYPES[self._engine.get_tensor_dtype(n).name]) for n in names}
         self._lock = threading.Lock()  # one execution context: batches run one at a time
 
-    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, images: np.ndarray, probs: bool) -> EngineOutput:
+        """Every output tensor is bound on the device (TensorRT needs an address for each); only the
+        compact ones are copied to the host, ``argmax`` row by row on demand, ``probs`` on request."""
         import torch
 
+        host: dict[str, list[np.ndarray]] = {OUTPUT_SCORES: [], OUTPUT_FEATURES: [], OUTPUT_UMAP: []}
+        argmax_parts: list[Any] = []
         probs_parts: list[np.ndarray] = []
-        feature_parts: list[np.ndarray] = []
         with self._lock, torch.cuda.device(self._idx):
             stream = torch.cuda.current_stream(self._torch_device)
             for start in range(0, images.shape[0], self.max_batch):
@@ -311,18 +356,29 @@ class TensorRTEngine(Engine):
                     raise EngineError(f"TensorRT rejected input shape {tuple(x.shape)} (plan max batch {self.max_batch})")
                 self._context.set_tensor_address(INPUT_NAME, x.data_ptr())
                 outputs = {}
-                for name in (OUTPUT_PROBS, OUTPUT_FEATURES):
+                for name in (*COMPACT_OUTPUTS, OUTPUT_PROBS):
+                    if name not in self._dtypes:
+                        continue
                     shape = tuple(self._context.get_tensor_shape(name))
                     outputs[name] = torch.empty(shape, dtype=self._dtypes[name], device=self._torch_device)
                     self._context.set_tensor_address(name, outputs[name].data_ptr())
                 if not self._context.execute_async_v3(stream.cuda_stream):
                     raise EngineError(f"TensorRT execution failed for model {self.version}")
-                probs_parts.append(outputs[OUTPUT_PROBS].float().cpu().numpy())  # [K, n, C, H, W]
-                feature_parts.append(outputs[OUTPUT_FEATURES].float().cpu().numpy())  # [n, D]
+                for name, parts in host.items():
+                    t = outputs[name]
+                    parts.append((t if name == OUTPUT_UMAP else t.float()).cpu().numpy())
+                argmax_parts.append(outputs[OUTPUT_ARGMAX])  # stays on the device
+                if probs:
+                    probs_parts.append(outputs[OUTPUT_PROBS].float().cpu().numpy())  # [K, n, C, H, W]
             # .cpu() synchronises the stream, so x and the outputs stay alive until TensorRT is done.
-        if len(probs_parts) == 1:
-            return probs_parts[0], feature_parts[0]
-        return np.concatenate(probs_parts, axis=1), np.concatenate(feature_parts, axis=0)
+        argmax = argmax_parts[0] if len(argmax_parts) == 1 else torch.cat(argmax_parts)
+
+        def fetch(row: int) -> np.ndarray:
+            return np.asarray(argmax[row].cpu().numpy(), dtype=np.uint8)
+
+        cat = {name: parts[0] if len(parts) == 1 else np.concatenate(parts) for name, parts in host.items()}
+        return self._output(cat[OUTPUT_SCORES], cat[OUTPUT_FEATURES], cat[OUTPUT_UMAP], fetch,
+                            np.concatenate(probs_parts, axis=1) if probs else None)
 
     def close(self) -> None:
         super().close()
@@ -363,9 +419,10 @@ def check_tensorrt_parity(bundle: Bundle, batch: int = 2, device: str = "cuda:0"
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(batch, bundle.input_height, bundle.input_width, 3), dtype=np.uint8)
     with TensorRTEngine(bundle, device=device, build=False) as trt_engine, OrtEngine(bundle) as ort_engine:
-        a = trt_engine.infer(images)
-        b = ort_engine.infer(images)
+        a = trt_engine.infer(images, probs=True)
+        b = ort_engine.infer(images, probs=True)
         precision = trt_engine.precision
+    assert a.probs is not None and b.probs is not None
     diff = np.abs(a.probs - b.probs)  # [K, N, C, H, W]
     scale = max(1.0, float(np.abs(b.features).max()))
     report: dict[str, Any] = {
@@ -374,6 +431,7 @@ def check_tensorrt_parity(bundle: Bundle, batch: int = 2, device: str = "cuda:0"
         "probs_mean": float(diff.mean()),
         "features_rel": float(np.abs(a.features - b.features).max() / scale),
         "argmax_agreement": float((a.probs.argmax(axis=2) == b.probs.argmax(axis=2)).mean()),
+        "scores_max": float(np.abs(a.scores - b.scores).max()),
     }
     report["probs"] = report["probs_max"]
     tol = TRT_TOLERANCE.get(precision, TRT_TOLERANCE["fp16"])
@@ -381,3 +439,8 @@ def check_tensorrt_parity(bundle: Bundle, batch: int = 2, device: str = "cuda:0"
     if bad:
         raise EngineError(f"model {bundle.version}: TensorRT ({precision}) vs ONNX Runtime off by {bad}; limits {tol}")
     return report
+
+
+def open_backend(bundle: Bundle, threads: int = 0, device: str = "cuda:0", **options: Any) -> TensorRTEngine:
+    """The :data:`avminer.engines.BACKENDS` factory (a plan is built here when the bundle has none)."""
+    return TensorRTEngine(bundle, device=device)

@@ -110,7 +110,9 @@ def _infer(engine: Any, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarra
     """(member probabilities, pooled features) of images resized to the engine's input."""
     from avminer.engines.base import resize_batch
 
-    out = engine.infer(resize_batch(images, engine.bundle.input_height, engine.bundle.input_width))
+    out = engine.infer(resize_batch(images, engine.bundle.input_height, engine.bundle.input_width),
+                       probs=True)  # the msp and mi baselines need the probabilities
+    assert out.probs is not None
     return out.probs, out.features
 
 

@@ -1,9 +1,7 @@
 """Speed benchmarks of single parts: the engine backends against each other, and the event codec.
 
-- :func:`engine_bench` (``avminer bench engine``): ONNX Runtime vs torch frames/s on one bundle. Both
-  backends run the same bundle on the same frames, with the same thread count, in alternating rounds
-  (so machine noise hits both alike); each is warmed up first. Frames/s counts everything
-  ``Engine.infer`` does: uint8 -> float conversion, the ensemble, and the outputs back as numpy.
+- :func:`engine_bench` (``avminer bench engine``): frames/s and host bytes per frame of each backend and
+  precision on one bundle (same frames, same thread count, alternating rounds).
 - :func:`codec_bench` (``avminer bench codec``): event codec messages/s for a camera frame and a small
   decision record, encoded and decoded repeatedly in one process (one core). The default frame
   carries a 40 KB image, the size of a CamVid JPEG (480x360).
@@ -16,72 +14,109 @@ import time
 from pathlib import Path
 from typing import Any
 
+DEFAULT_CONFIGS = ("onnxruntime", "torch:fp32")
+
+
+def _open(bundle: Any, spec: str, threads: int, device: str, batch: int) -> Any:
+    """An engine for ``BACKEND[:PRECISION][:compiled]`` (precision and compilation: torch only)."""
+    from avminer.engines import open_engine
+    from avminer.errors import AvminerError
+
+    backend, *parts = spec.split(":")
+    unknown = [p for p in parts if p not in ("fp32", "fp16", "bf16", "compiled")]
+    if unknown:
+        raise AvminerError(f"--configs: {spec!r} has unknown parts {unknown}; use BACKEND[:PRECISION][:compiled]")
+    precision = next((p for p in parts if p != "compiled"), None)
+    compiled = "compiled" in parts
+    if backend == "torch":
+        return open_engine(bundle, backend="torch", threads=threads, device=device, precision=precision,
+                           compile="on" if compiled else "off", max_batch=batch)
+    if precision not in (None, "fp32") or compiled:
+        raise AvminerError(f"--configs: {spec!r}: precision and compilation are torch options")
+    return open_engine(bundle, backend=backend, threads=threads, device=device if backend == "tensorrt" else "cpu")
+
 
 def engine_bench(
-    bundle_path: str | Path | None = None, batch: int = 8, frames: int = 32, rounds: int = 2, threads: int = 0
+    bundle_path: str | Path | None = None, batch: int = 8, frames: int = 32, rounds: int = 2, threads: int = 0,
+    configs: tuple[str, ...] = DEFAULT_CONFIGS, device: str = "cpu",
 ) -> dict[str, Any]:
-    """ONNX Runtime and torch frames/s on the same bundle and frames, and their ratio.
+    """Frames/s and host bytes per frame of each backend and precision on the same bundle and frames.
+
+    Every configuration runs in alternating rounds (so machine noise hits all alike), each warmed up (and
+    a compiled torch engine compiled) first. Frames/s counts everything ``Engine.infer`` does: uint8 ->
+    float, the ensemble, the in-graph scoring head, the compact outputs back in host memory.
+    ``host_bytes_per_frame`` is what reaches the host on every batch; ``argmax_bytes`` what a frame
+    whose argmax is read adds; ``full_probs_bytes`` what the contract before the in-graph head copied.
 
     Args:
         bundle_path: bundle directory (default: the starter bundle).
         batch: frames per batch.
-        frames: frames timed per backend.
+        frames: frames timed per configuration.
         rounds: alternating rounds the frames are split into.
-        threads: intra-op threads for both (0: library default).
+        threads: intra-op threads (0: library default).
+        configs: ``BACKEND[:PRECISION][:compiled]`` each, e.g. ``torch:fp16:compiled``.
+        device: ``cpu`` or ``cuda[:N]`` for the torch and TensorRT configurations.
     """
     import numpy as np
 
     from avminer.engines import default_bundle_path, load_bundle
-    from avminer.engines.ort import OrtEngine
-    from avminer.engines.torch_backend import TorchEngine
 
     bundle = load_bundle(bundle_path or default_bundle_path())
     h, w = bundle.input_height, bundle.input_width
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(batch, h, w, 3), dtype=np.uint8)  # [N, H, W, 3]
-    engines = {
-        "onnxruntime": OrtEngine(bundle, threads=threads),
-        "torch": TorchEngine(bundle, threads=threads),
-    }
+    engines = {spec: _open(bundle, spec, threads, device, batch) for spec in configs}
     batches_per_round = max(1, -(-frames // (batch * max(1, rounds))))
     seconds = dict.fromkeys(engines, 0.0)
     counted = dict.fromkeys(engines, 0)
+    host = dict.fromkeys(engines, 0)
     for engine in engines.values():
         engine.warmup(batch=batch, rounds=1)
     for _ in range(max(1, rounds)):
         for name, engine in engines.items():
             start = time.perf_counter()
             for _ in range(batches_per_round):
-                engine.infer(images)
+                host[name] += engine.infer(images).host_bytes()
             seconds[name] += time.perf_counter() - start
             counted[name] += batches_per_round * batch
+    info = {name: {"compiled": bool(getattr(e, "compiled", False)), "precision": getattr(e, "precision", "fp32"),
+                   "device": getattr(e, "device", "cpu")} for name, e in engines.items()}
     for engine in engines.values():
         engine.close()
     fps = {name: counted[name] / seconds[name] for name in engines}
-    return {
+    k, c = bundle.members, len(bundle.classes)
+    result: dict[str, Any] = {
         "bundle": str(bundle.path),
         "version": bundle.version,
-        "members": bundle.members,
+        "members": k,
         "input": [h, w],
         "batch": batch,
-        "frames": counted["onnxruntime"],
+        "frames": counted[configs[0]],
         "threads": threads,
-        "ort_fps": round(fps["onnxruntime"], 2),
-        "torch_fps": round(fps["torch"], 2),
-        "ratio": round(fps["onnxruntime"] / fps["torch"], 3),
+        "configs": {name: {"fps": round(fps[name], 2), "host_bytes_per_frame": host[name] // counted[name],
+                           **info[name]} for name in engines},
+        "argmax_bytes": h * w,
+        "full_probs_bytes": 4 * k * c * h * w,
     }
+    if "onnxruntime" in fps and "torch:fp32" in fps:  # the figures tracked since the first engine bench
+        result.update({"ort_fps": round(fps["onnxruntime"], 2), "torch_fps": round(fps["torch:fp32"], 2),
+                       "ratio": round(fps["onnxruntime"] / fps["torch:fp32"], 3)})
+    return result
 
 
 def format_engine_report(result: dict[str, Any]) -> str:
     """The figures of :func:`engine_bench` as ``avminer bench engine`` prints them."""
     h, w = result["input"]
-    return "\n".join([
-        f"model {result['version']}: K={result['members']} at {h}x{w}, batch {result['batch']}, "
-        f"{result['frames']} frames per backend, threads {result['threads'] or 'default'}",
-        f"onnxruntime  {result['ort_fps']:8.2f} frames/s",
-        f"torch        {result['torch_fps']:8.2f} frames/s",
-        f"ratio        {result['ratio']:8.3f}x (onnxruntime / torch)",
-    ])
+    lines = [f"model {result['version']}: K={result['members']} at {h}x{w}, batch {result['batch']}, "
+             f"{result['frames']} frames per configuration, threads {result['threads'] or 'default'}"]
+    for name, r in result["configs"].items():
+        lines.append(f"{name:28s} {r['fps']:9.2f} frames/s  {r['host_bytes_per_frame']:7d} host bytes/frame"
+                     f"{'  (compiled)' if r['compiled'] else ''}")
+    lines.append(f"argmax read on demand: {result['argmax_bytes']} bytes/frame; full probabilities would be "
+                 f"{result['full_probs_bytes']} bytes/frame")
+    if "ratio" in result:
+        lines.append(f"ratio        {result['ratio']:8.3f}x (onnxruntime / torch fp32)")
+    return "\n".join(lines)
 
 
 def _rate(fn: Any, seconds: float) -> float:

@@ -131,7 +131,7 @@ class EnsemblePredictor:
                 self._scorers = {out.version: scorer}
             frames = [CameraFrame("labelstudio", "task", 0, f"task-{i}", img.shape[1], img.shape[0])
                       for i, img in enumerate(images)]
-            scored = scorer.score(out.probs, out.features, batch, frames, [None] * len(images))
+            scored = scorer.score(out, batch, frames, [None] * len(images))
         preds = []
         for img, fs in zip(images, scored, strict=True):
             small = Image.fromarray(np.ascontiguousarray(fs.prediction, dtype=np.uint8))

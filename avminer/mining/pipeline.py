@@ -24,8 +24,15 @@
   (the new owner replays them; deterministic sample ids make every sink idempotent).
 - **Shutdown** (:meth:`Pipeline.run` with ``stop`` set): stop fetching, flush the radar join and the
   batcher, wait for in-flight work up to ``shutdown_deadline_s``, commit, return.
-- **Hot-swap**: the engine stage reads ``engines.current`` once per batch; every decision names the
-  model version that produced it.
+- **Hot-swap**: the engine stage pins one engine per batch (``engines.acquire()``); every decision
+  names the model version that produced it.
+- **Typed stages.** decode -> :class:`FrameWork`; engine -> :class:`~avminer.engines.contract.EngineOutput`
+  (compact, scored in the graph); scoring (:class:`~avminer.scoring.scorer.BatchScorer`) ->
+  ``FrameScore``; selection (:func:`avminer.selection.decide.decide` over a
+  :class:`~avminer.selection.decide.Policy`) -> the Decisions; the sinks store them. The wiring only
+  moves what each stage returns. Frames are resized to the engine's input size in one place
+  (:meth:`Pipeline._fit`).
+- **Per-stage CPU** (``PipelineStats.stage_cpu_s``): thread CPU seconds spent in each stage's work.
 """
 
 from __future__ import annotations
@@ -41,11 +48,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 
 from avminer.config import Settings
+from avminer.engines.base import resize_batch
+from avminer.engines.bundle import Bundle
+from avminer.engines.contract import EngineOutput, HeadSpec
 from avminer.errors import EngineError, MiningError, SinkUnavailableError
 from avminer.events.records import CameraFrame, Decision, RadarScan
 from avminer.metrics import (
@@ -64,25 +74,57 @@ from avminer.mining.batcher import MicroBatcher
 from avminer.mining.deadletter import DeadLetterSink
 from avminer.mining.decode import as_poison, decode_event, decode_image, image_bytes
 from avminer.mining.offsets import OffsetTracker, Partition
+from avminer.scoring.scorer import BatchScorer, FrameScore
+from avminer.selection.decide import Policy, Position, Selected, decide
 from avminer.sources.base import Source, SourceMessage
 from avminer.sources.join import RadarJoiner
+
+if TYPE_CHECKING:
+    from avminer.sinks.base import MinedSample
 
 log = logging.getLogger(__name__)
 
 _TICK_S = 0.05  # stage loops wake this often to notice shutdown
 
 
-class EngineProvider(Protocol):
-    """Anything with the engine to use for the next batch (:class:`avminer.engines.hotswap.EngineHolder`)."""
+class ServingEngine(Protocol):
+    """The engine stage's view of an engine (:class:`avminer.engines.base.Engine`)."""
 
     @property
-    def current(self) -> Any: ...
+    def version(self) -> str: ...
+
+    @property
+    def input_hw(self) -> tuple[int, int]: ...
+
+    @property
+    def bundle(self) -> Bundle: ...
+
+    @property
+    def head(self) -> HeadSpec: ...
+
+    def infer(self, images: np.ndarray, probs: bool = False) -> EngineOutput: ...
+
+
+class EngineProvider(Protocol):
+    """The engine for each batch (:class:`avminer.engines.hotswap.EngineHolder`): hot-swappable."""
+
+    @property
+    def current(self) -> ServingEngine: ...
+
+    def acquire(self) -> contextlib.AbstractContextManager[ServingEngine]:
+        """Pin the serving engine for one batch (a swap does not close it under the batch)."""
+        ...
+
+
+class WriteReport(Protocol):
+    @property
+    def requests_sent(self) -> int: ...
 
 
 class BatchWriter(Protocol):
     """:class:`avminer.sinks.base.MinedSampleWriter`: durable when ``write_batch`` returns."""
 
-    def write_batch(self, samples: Sequence[Any]) -> Any: ...
+    def write_batch(self, samples: Sequence[MinedSample]) -> WriteReport: ...
 
 
 @dataclass(slots=True)
@@ -97,6 +139,21 @@ class _Job:
     @property
     def tp(self) -> Partition:
         return (self.topic, self.partition)
+
+
+@dataclass(frozen=True, slots=True)
+class _DeadLetterFailed:
+    """Event: a dead letter could not be sent; the poll thread retries it."""
+
+    msg: SourceMessage
+    job: _Job
+    reason: str
+    error: str
+
+
+_Event = _Job | _DeadLetterFailed | BaseException
+"""What the stages tell the poll thread: a job is done, a dead letter failed, a stage died."""
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -124,9 +181,19 @@ class DecidedFrame:
     frame: CameraFrame
     image: np.ndarray  # uint8 [H, W, 3] at the engine's input size
     decision: Decision
-    score: Any  # avminer.scoring.scorer.FrameScore
+    score: FrameScore
     priority: float
     rejected: str | None = None  # why selection passed on it (warmup, below_threshold, duplicate, ...)
+
+
+@dataclass(slots=True)
+class _Scored:
+    """An engine batch on its way to scoring."""
+
+    batch: list[FrameWork]
+    out: EngineOutput
+    images: np.ndarray  # [N, H, W, 3] uint8 at the engine's input size
+    engine: ServingEngine
 
 
 @dataclass
@@ -144,6 +211,7 @@ class PipelineStats:
     batches: int = 0
     engine_s: float = 0.0  # time inside engine.infer
     wall_s: float = 0.0
+    stage_cpu_s: dict[str, float] = field(default_factory=dict)  # thread CPU seconds per stage
     dropped_revoked: int = 0
     drained: bool = True  # False: the shutdown deadline cut in-flight work short
     mined_by_reason: dict[str, int] = field(default_factory=dict)
@@ -172,8 +240,8 @@ class Pipeline:
         engines: EngineProvider,
         writer: BatchWriter,
         dead_letters: DeadLetterSink,
-        policy: Any,
-        scorer_for: Callable[[Any], Any] | None = None,
+        policy: Policy,
+        scorer_for: Callable[[ServingEngine], BatchScorer] | None = None,
         *,
         fetch: Callable[[str], bytes] | None = None,
         on_decided: Callable[[list[DecidedFrame]], None] | None = None,
@@ -187,7 +255,7 @@ class Pipeline:
         self.policy = policy
         self._selection_exported = float("-inf")
         self._scorer_for = scorer_for or default_scorer_factory(settings)
-        self._scorers: dict[str, Any] = {}
+        self._scorers: dict[str, BatchScorer] = {}
         self.fetch = fetch
         self.on_decided = on_decided
         self.source_label = source_label
@@ -201,9 +269,9 @@ class Pipeline:
         self._decode_seq = 0
         # Engine outputs are large ([K, N, C, H, W] float32): keep only a couple in flight.
         self._engine_q: queue.Queue[list[FrameWork]] = queue.Queue(2)
-        self._score_q: queue.Queue[tuple[list[FrameWork], Any, np.ndarray, Any]] = queue.Queue(2)
-        self._sink_q: queue.Queue[tuple[list[FrameWork], list[Any]]] = queue.Queue(4)
-        self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._score_q: queue.Queue[_Scored] = queue.Queue(2)
+        self._sink_q: queue.Queue[tuple[list[FrameWork], list[MinedSample]]] = queue.Queue(4)
+        self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
 
         self._tracker = OffsetTracker()
         self._epochs: dict[Partition, int] = {}  # written by the poll thread only
@@ -222,6 +290,7 @@ class Pipeline:
         self._lag_labels: set[Partition] = set()
         self._fatal: BaseException | None = None
         self._poison_logged: dict[str, int] = {}
+        self._cpu_lock = threading.Lock()
 
     # -- public ----------------------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None, max_frames: int | None = None) -> PipelineStats:
@@ -370,19 +439,16 @@ class Pipeline:
                 ev = self._events.get_nowait()
             except queue.Empty:
                 return
-            kind = ev[0]
-            if kind == "done":
-                _, tp, offset, epoch = ev
+            if isinstance(ev, _Job):  # done
                 with self._lock:
-                    if self._epochs.get(tp) == epoch:
-                        self._tracker.done(tp, offset)
-            elif kind == "dead_letter_failed":
-                _, msg, job, reason, error = ev
-                if self._epochs.get(job.tp) == job.epoch:
+                    if self._epochs.get(ev.tp) == ev.epoch:
+                        self._tracker.done(ev.tp, ev.offset)
+            elif isinstance(ev, _DeadLetterFailed):
+                if self._epochs.get(ev.job.tp) == ev.job.epoch:
                     time.sleep(0.2)  # the broker is struggling; the offset stays open until it works
-                    self._send_dead_letter(msg, job, reason, error)
-            elif kind == "fatal" and self._fatal is None:
-                self._fatal = ev[1]
+                    self._send_dead_letter(ev.msg, ev.job, ev.reason, ev.error)
+            elif self._fatal is None:
+                self._fatal = ev
 
     def _commit(self) -> None:
         self._last_commit = time.monotonic()
@@ -451,20 +517,20 @@ class Pipeline:
                 fn()
             except BaseException as exc:  # the poll thread turns this into MiningError
                 log.exception("pipeline stage %s failed", threading.current_thread().name)
-                self._events.put(("fatal", exc))
+                self._events.put(exc)
 
         return run
 
     def _live(self, job: _Job) -> bool:
         return self._epochs.get(job.tp) == job.epoch
 
-    def _get(self, q: queue.Queue[Any], timeout: float = _TICK_S) -> Any:
+    def _get(self, q: queue.Queue[_T], timeout: float = _TICK_S) -> _T | None:
         try:
             return q.get(timeout=timeout)
         except queue.Empty:
             return None
 
-    def _put(self, q: queue.Queue[Any], item: Any) -> bool:
+    def _put(self, q: queue.Queue[_T], item: _T) -> bool:
         while not self._halt.is_set():
             try:
                 q.put(item, timeout=_TICK_S)
@@ -474,7 +540,7 @@ class Pipeline:
         return False
 
     def _done(self, job: _Job) -> None:
-        self._events.put(("done", job.tp, job.offset, job.epoch))
+        self._events.put(job)
 
     def _send_dead_letter(self, msg: SourceMessage, job: _Job, reason: str, error: str) -> None:
         def on_done(ok: bool) -> None:
@@ -482,14 +548,30 @@ class Pipeline:
                 self.stats.dead_letters += 1
                 self._done(job)
             else:
-                self._events.put(("dead_letter_failed", msg, job, reason, error))
+                self._events.put(_DeadLetterFailed(msg, job, reason, error))
 
         self.dead_letters.send(msg, reason, error, on_done)
 
-    def _target_hw(self) -> tuple[int, int] | None:
-        engine = self.engines.current
-        hw = getattr(engine, "input_hw", None)
-        return (int(hw[0]), int(hw[1])) if hw else None
+    def _target_hw(self) -> tuple[int, int]:
+        """The serving engine's input size: decode resizes to it (DCT-scaled JPEG decode + one resize)."""
+        h, w = self.engines.current.input_hw
+        return int(h), int(w)
+
+    @staticmethod
+    def _fit(images: list[np.ndarray], hw: tuple[int, int]) -> np.ndarray:
+        """Stack a batch at the engine's input size: the one place frames are resized.
+
+        Decode already targets the serving engine's size, so this only resizes frames decoded just
+        before a hot-swap to a model with another input size.
+        """
+        if all(img.shape[:2] == hw for img in images):
+            return np.stack(images)  # [N, H, W, 3]
+        return resize_batch(images, hw[0], hw[1])
+
+    def _add_cpu(self, stage: str, start: float) -> None:
+        spent = time.thread_time() - start
+        with self._cpu_lock:
+            self.stats.stage_cpu_s[stage] = self.stats.stage_cpu_s.get(stage, 0.0) + spent
 
     def _decode_loop(self) -> None:
         while not self._halt.is_set():
@@ -497,8 +579,11 @@ class Pipeline:
             if item is None:
                 continue
             seq, msg, job = item
+            cpu = time.thread_time()
+            outcome = self._decode_one(msg, job)
+            self._add_cpu("decode", cpu)
             # Exactly one outcome per sequence number reaches the assemble stage (None: nothing to assemble).
-            self._put(self._assemble_q, (seq, self._decode_one(msg, job)))
+            self._put(self._assemble_q, (seq, outcome))
 
     def _decode_one(self, msg: SourceMessage, job: _Job) -> FrameWork | tuple[RadarScan, _Job] | None:
         if not self._live(job):
@@ -559,7 +644,7 @@ class Pipeline:
                 self._emit(batch)
 
     @staticmethod
-    def _get_nowait(q: queue.Queue[Any]) -> Any:
+    def _get_nowait(q: queue.Queue[_T]) -> _T | None:
         try:
             return q.get_nowait()
         except queue.Empty:
@@ -576,16 +661,10 @@ class Pipeline:
             batch: list[FrameWork] | None = self._get(self._engine_q)
             if batch is None:
                 continue
-            acquire = getattr(self.engines, "acquire", None)
+            cpu = time.thread_time()
             # One model per batch: a hot-swap lands between batches, never inside one.
-            with acquire() if acquire is not None else contextlib.nullcontext(self.engines.current) as engine:
-                h, w = engine.input_hw
-                if all(f.image.shape[:2] == (h, w) for f in batch):
-                    images = np.stack([f.image for f in batch])  # [N, H, W, 3]
-                else:  # decoded before a swap to a model with another input size
-                    from avminer.engines.base import resize_batch
-
-                    images = resize_batch([f.image for f in batch], h, w)
+            with self.engines.acquire() as engine:
+                images = self._fit([f.image for f in batch], engine.input_hw)
                 start = time.perf_counter()
                 try:
                     out = engine.infer(images)
@@ -595,17 +674,18 @@ class Pipeline:
                     out = engine.infer(images)
             self.stats.engine_s += time.perf_counter() - start
             self.stats.batches += 1
+            self._add_cpu("engine", cpu)
             live = [i for i, f in enumerate(batch) if self._live(f.job)]
             if len(live) < len(batch):  # revoked while at the engine: discard, never commit
                 self.stats.dropped_revoked += len(batch) - len(live)
                 if not live:
                     continue
                 batch = [batch[i] for i in live]
-                out = _take(out, live)
+                out = out.take(live)
                 images = images[live]
-            self._put(self._score_q, (batch, out, images, engine))
+            self._put(self._score_q, _Scored(batch, out, images, engine))
 
-    def _scorer(self, engine: Any) -> Any:
+    def _scorer(self, engine: ServingEngine) -> BatchScorer:
         scorer = self._scorers.get(engine.version)
         if scorer is None:
             scorer = self._scorer_for(engine)
@@ -613,42 +693,28 @@ class Pipeline:
         return scorer
 
     def _score_loop(self) -> None:
-        from avminer.selection.policy import Candidate
-
         while not self._halt.is_set():
-            item = self._get(self._score_q)
+            item: _Scored | None = self._get(self._score_q)
             if item is None:
                 continue
-            batch, out, images, engine = item
-            frames = [w.frame for w in batch]
-            scores = self._scorer(engine).score(
-                out.probs, out.features, images, frames, [w.radar for w in batch]
-            )
-            candidates = [
-                Candidate(
-                    sample_id=f.sample_id, camera_key=f"{f.vehicle_id}/{f.camera_id}", slice=s.slice,
-                    scores=dict(s.scores), embedding=s.embedding, timestamp_s=f.timestamp_us / 1e6,
-                )
-                for f, s in zip(frames, scores, strict=True)
-            ]
-            verdicts = self.policy.select(candidates)
+            cpu = time.thread_time()
+            frames = [w.frame for w in item.batch]
+            scores = self._scorer(item.engine).score(item.out, item.images, frames, [w.radar for w in item.batch])
+            self._add_cpu("score", cpu)
+            cpu = time.thread_time()
+            positions = [Position(w.job.topic, w.job.partition, w.job.offset) for w in item.batch]
+            selected = decide(self.policy, frames, scores, positions, item.out.version)
             self._export_selection()
-            now_us = int(time.time() * 1_000_000)
-            samples, decided = [], []
-            for w, s, v, img in zip(batch, scores, verdicts, images, strict=True):
-                d = Decision(
-                    sample_id=w.frame.sample_id, frame_id=w.frame.frame_id, vehicle_id=w.frame.vehicle_id,
-                    camera_id=w.frame.camera_id, timestamp_us=w.frame.timestamp_us, model_version=out.version,
-                    slice=s.slice, mined=bool(v.mined),
-                    scores={k: float(x) for k, x in {**s.scores, **getattr(v, "scores", {})}.items()},
-                    reasons=list(v.reasons), topic=w.job.topic, partition=w.job.partition, offset=w.job.offset,
-                    decided_at_us=now_us,
-                )
-                samples.append(self._sample(w, d, s, float(v.priority)))
-                decided.append(DecidedFrame(w.frame, img, d, s, float(v.priority), getattr(v, "rejected", None)))
+            self._add_cpu("select", cpu)
+            cpu = time.thread_time()
+            samples = [self._sample(w, sel, s) for w, sel, s in zip(item.batch, selected, scores, strict=True)]
+            self._add_cpu("sample", cpu)
             if self.on_decided is not None:
-                self.on_decided(decided)
-            self._put(self._sink_q, (batch, samples))
+                self.on_decided([
+                    DecidedFrame(w.frame, img, sel.decision, s, sel.priority, sel.rejected)
+                    for w, sel, s, img in zip(item.batch, selected, scores, item.images, strict=True)
+                ])
+            self._put(self._sink_q, (item.batch, samples))
 
     def _export_selection(self, every_s: float = 1.0) -> None:
         """Mining rate, target and threshold per slice, from the policy, at most once per ``every_s``."""
@@ -662,10 +728,11 @@ class Pipeline:
             if st["threshold"] is not None and np.isfinite(st["threshold"]):
                 SELECTION_THRESHOLD.labels(slice=key, score="priority").set(st["threshold"])
 
-    def _sample(self, w: FrameWork, d: Decision, s: Any, priority: float) -> Any:
+    def _sample(self, w: FrameWork, selected: Selected, s: FrameScore) -> MinedSample:
         from avminer.sinks.base import MinedSample
 
-        sample = MinedSample(decision=d, width=w.frame.width, height=w.frame.height, priority=priority,
+        d = selected.decision
+        sample = MinedSample(decision=d, width=w.frame.width, height=w.frame.height, priority=selected.priority,
                              image_uri=w.frame.image_uri)
         if d.mined:
             if sample.image_uri is None:
@@ -686,12 +753,14 @@ class Pipeline:
             if item is None:
                 continue
             batch, samples = item
+            cpu = time.thread_time()
             try:
                 report = retry_until_available(functools.partial(self.writer.write_batch, samples),
                                                stop=self._halt, on_pause=paused)
             except SinkUnavailableError:
                 return  # shutting down while a sink is away: nothing committed, replayed later
-            self.stats.requests_sent += int(getattr(report, "requests_sent", 0))
+            self._add_cpu("sink", cpu)
+            self.stats.requests_sent += int(report.requests_sent)
             for w, sample in zip(batch, samples, strict=True):
                 d = sample.decision
                 DECISIONS.labels(slice=d.slice, mined=str(d.mined).lower()).inc()
@@ -717,13 +786,6 @@ def _renice_current_thread(increment: int) -> None:
         log.debug("cannot renice stage thread: %s", exc)
 
 
-def _take(out: Any, rows: list[int]) -> Any:
-    """The engine output restricted to batch rows ``rows`` (same type, same version)."""
-    import dataclasses
-
-    return dataclasses.replace(out, probs=out.probs[:, rows], features=out.features[rows])
-
-
 def _png(array: np.ndarray) -> bytes:
     from PIL import Image
 
@@ -740,16 +802,21 @@ def uncertainty_png(umap: np.ndarray) -> bytes:
     return _png(scaled)
 
 
-def default_scorer_factory(settings: Settings) -> Callable[[Any], Any]:
+def default_scorer_factory(settings: Settings) -> Callable[[ServingEngine], BatchScorer]:
     """Build a :class:`~avminer.scoring.scorer.Scorer` from an engine's bundle (classes, reference stats)."""
 
-    def build(engine: Any) -> Any:
+    def build(engine: ServingEngine) -> BatchScorer:
         from avminer.mining.score_metrics import export_scores
         from avminer.scoring.scorer import Scorer
         from avminer.scoring.shift import ShiftReference
 
         bundle = engine.bundle
-        ref_path = getattr(bundle, "reference_path", None)
+        wanted = HeadSpec.from_settings(settings.scoring, bundle.classes)
+        if engine.head != wanted:
+            # The pooling runs in the model graph, fixed when the bundle was exported.
+            log.warning("model %s pools scores with %s, not the configured %s; the bundle's head is used "
+                        "(re-export it with tools/reexport_bundle.py to change)", bundle.version, engine.head, wanted)
+        ref_path = bundle.reference_path
         reference = ShiftReference.load(ref_path) if ref_path is not None else None
         return Scorer(settings.scoring, list(bundle.classes), reference, observer=export_scores)
 

@@ -1,25 +1,31 @@
-"""The scoring stage: one call per engine batch turns ensemble outputs into per-frame scores.
+"""The scoring stage: one call per engine batch turns the engine's compact outputs into per-frame scores.
 
-For every frame the :class:`Scorer` computes
+The per-pixel work (softmax, entropies, mutual information, pooling, argmax) happens inside the model
+graph (:mod:`avminer.models.head`); this stage reads the pooled columns the configured
+``settings.aggregation`` names and adds what needs the host. For every frame, :data:`COMPONENTS`:
 
-- ``mi``: mutual information (BALD) pooled by ``settings.aggregation``, rare-class pixels weighted by
-  ``settings.rare_class_weight`` — the uncertainty score mining ranks by;
+- ``mi``: mutual information (BALD) pooled by ``aggregation``, rare-class pixels weighted in the graph
+  — the uncertainty score mining ranks by;
 - ``entropy``, ``expected_entropy``, ``variation_ratio``, ``margin``: the other uncertainty measures,
   pooled the same way without class weights (for analysis and the catalog);
 - ``shift``: squared Mahalanobis distance of the pooled features to the frame's slice reference
   (0 when the bundle has no reference statistics);
 - ``msp``: the max-softmax baseline ``1 - mean max p̄``;
-- ``radar``: camera-radar disagreement in [0, 1] (0 without a radar scan),
+- ``radar``: camera-radar disagreement in [0, 1] (0 without a radar scan).
 
-tags its condition slice and updates the per-slice drift monitor. It exports no metrics: the miner's
-observer (:func:`avminer.mining.score_metrics.export_scores`) sets the ``avminer_drift_statistic`` /
-``avminer_drift_alarm`` gauges and the per-frame uncertainty and shift histograms.
+It tags each frame's condition slice and updates the per-slice drift monitor. It exports no metrics: the
+miner's observer (:func:`avminer.mining.score_metrics.export_scores`) sets the ``avminer_drift_statistic``
+/ ``avminer_drift_alarm`` gauges and the per-frame uncertainty and shift histograms.
+
+A new score component is one function registered with :func:`component` (here or in a module this one
+imports); it appears in every :class:`FrameScore` and Decision.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -29,17 +35,105 @@ from avminer.geometry import Pinhole
 from avminer.scoring.conditions import tag
 from avminer.scoring.inputs import FrameInfo, RadarSweep
 from avminer.scoring.radar import radar_disagreement
-from avminer.scoring.shift import ALL, DriftMonitor, ShiftReference, max_softmax_score
-from avminer.scoring.uncertainty import (
-    MEASURES,
-    aggregate,
-    mean_prediction,
-    rare_class_weights,
-    uncertainty_maps,
-)
+from avminer.scoring.shift import ALL, DriftMonitor, ShiftReference
+from avminer.scoring.uncertainty import MEASURES
+
+
+class EngineBatch(Protocol):
+    """What scoring reads of an engine's output (:class:`avminer.engines.contract.EngineOutput`)."""
+
+    @property
+    def features(self) -> np.ndarray:
+        """float32 ``[N, D]`` pooled features."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    def score(self, name: str) -> np.ndarray:
+        """One pooled score column ``[N]`` computed in the graph (``mi_topk``, ``msp``, ...)."""
+        ...
+
+    def uncertainty_map(self, row: int) -> np.ndarray:
+        """float32 ``[h, w]`` strided MI map of one frame."""
+        ...
+
+    def prediction(self, row: int) -> np.ndarray:
+        """uint8 ``[H, W]`` argmax class ids of one frame at input resolution."""
+        ...
+
+
+@dataclass
+class BatchContext:
+    """One batch as score components see it."""
+
+    out: EngineBatch
+    settings: ScoringSettings
+    slices: list[str]
+    frames: Sequence[FrameInfo]
+    radar: Sequence[RadarSweep | None]
+    classes: list[str]
+    reference: ShiftReference | None
+    camera: Pinhole | None
+    input_hw: tuple[int, int]
+
+
+Component = Callable[[BatchContext], np.ndarray]
+COMPONENTS: dict[str, Component] = {}
+"""Score name -> function of the batch returning ``[N]`` values (the keys of :attr:`FrameScore.scores`)."""
+
+
+def component(name: str) -> Callable[[Component], Component]:
+    """Register a score component under ``name`` (decorator)."""
+
+    def register(fn: Component) -> Component:
+        COMPONENTS[name] = fn
+        return fn
+
+    return register
+
+
+def _pooled(measure: str) -> Component:
+    def read(ctx: BatchContext) -> np.ndarray:
+        return np.asarray(ctx.out.score(f"{measure}_{ctx.settings.aggregation}"), dtype=np.float32)
+
+    return read
+
+
+for _measure in MEASURES:
+    component(_measure)(_pooled(_measure))
+
+
+@component("shift")
+def _shift(ctx: BatchContext) -> np.ndarray:
+    feats = np.asarray(ctx.out.features)
+    if ctx.reference is None or ctx.reference.dim != feats.shape[1]:
+        return np.zeros(len(ctx.frames), dtype=np.float32)
+    return np.asarray(ctx.reference.mahalanobis(feats, ctx.slices), dtype=np.float32)
+
+
+@component("msp")
+def _msp(ctx: BatchContext) -> np.ndarray:
+    return np.asarray(ctx.out.score("msp"), dtype=np.float32)
+
+
+@component("radar")
+def _radar(ctx: BatchContext) -> np.ndarray:
+    """Only radar-joined frames read their argmax (a device engine copies just those rows)."""
+    h, w = ctx.input_hw
+    out = np.zeros(len(ctx.frames), dtype=np.float32)
+    for i, (frame, scan) in enumerate(zip(ctx.frames, ctx.radar, strict=True)):
+        if scan is None:
+            continue
+        gps = frame.gps
+        out[i] = radar_disagreement(
+            ctx.out.prediction(i), scan.detections, (frame.width or w, frame.height or h), ctx.camera, ctx.classes,
+            ego_speed_mps=gps.speed_mps if gps is not None else 0.0,
+        )
+    return out
+
 
 SCORE_KEYS = ("mi", "entropy", "expected_entropy", "variation_ratio", "margin", "shift", "msp", "radar")
-"""Keys of :attr:`FrameScore.scores`, always all present."""
+"""Keys of :attr:`FrameScore.scores` of the built-in components, always all present."""
 
 
 @dataclass
@@ -48,28 +142,36 @@ class FrameScore:
 
     Attributes:
         slice: condition slice key ``time_of_day/weather/region``.
-        scores: :data:`SCORE_KEYS` -> value.
+        scores: component name (:data:`COMPONENTS`) -> value.
         embedding: ``[D]`` float32 feature vector for near-duplicate checks; standardised and centred on
             the reference's pooled mean when a reference exists, so cosine similarity is meaningful.
-        uncertainty_map: ``[H/s, W/s]`` float32 per-pixel mutual information (nats), s = ``map_stride``.
-        member_probs: ``[K, C, H, W]`` the frame's member probabilities (a view into the engine's batch).
-        prediction: ``[H, W]`` uint8 class ids (argmax of the mean probabilities), computed on first use:
-            at full resolution it costs as much as all the strided uncertainty maps together, and only
-            radar-joined and mined frames need it.
+        batch: the engine output this frame came from (its map and argmax are read from it on demand).
+        row: the frame's row in ``batch``.
     """
 
     slice: str
     scores: dict[str, float]
     embedding: np.ndarray
-    uncertainty_map: np.ndarray
-    member_probs: np.ndarray = field(repr=False)
-    _prediction: np.ndarray | None = field(default=None, repr=False)
+    batch: EngineBatch = field(repr=False)
+    row: int = 0
+
+    @property
+    def uncertainty_map(self) -> np.ndarray:
+        """``[H/s, W/s]`` float32 per-pixel mutual information (nats), s = the head's map stride."""
+        return self.batch.uncertainty_map(self.row)
 
     @property
     def prediction(self) -> np.ndarray:
-        if self._prediction is None:
-            self._prediction = mean_prediction(self.member_probs[:, None])[0]
-        return self._prediction
+        """``[H, W]`` uint8 class ids (argmax of the mean probabilities) at the engine's input size,
+        fetched on first use: only radar-joined and mined frames need it."""
+        return self.batch.prediction(self.row)
+
+
+class BatchScorer(Protocol):
+    """The scoring stage as the pipeline sees it (:class:`Scorer`)."""
+
+    def score(self, out: EngineBatch, images: np.ndarray, frames: Sequence[FrameInfo],
+              radar: Sequence[RadarSweep | None]) -> list[FrameScore]: ...
 
 
 class Scorer:
@@ -115,8 +217,7 @@ class Scorer:
 
     def score(
         self,
-        out_probs: np.ndarray,
-        features: np.ndarray,
+        out: EngineBatch,
         images: np.ndarray,
         frames: Sequence[FrameInfo],
         radar: Sequence[RadarSweep | None],
@@ -124,67 +225,35 @@ class Scorer:
         """Score one batch.
 
         Args:
-            out_probs: ``[K, N, C, H, W]`` member probabilities.
-            features: ``[N, D]`` pooled features.
+            out: the engine's compact outputs for the batch.
             images: ``[N, H, W, 3]`` uint8 frames at the engine's input size (for condition inference).
             frames: the N frames (metadata, GPS, native size).
             radar: per frame the joined radar scan, or None.
 
         Raises:
-            ScoringError: inconsistent batch sizes or shapes.
+            ScoringError: inconsistent batch sizes.
         """
-        probs = np.asarray(out_probs)
-        if probs.ndim != 5:
-            raise ScoringError(f"probs must be [K, N, C, H, W], got shape {probs.shape}")
-        n = probs.shape[1]
-        feats = np.asarray(features)
+        n = len(out)
+        feats = np.asarray(out.features)
         if feats.ndim != 2 or len(feats) != n or len(images) != n or len(frames) != n or len(radar) != n:
             raise ScoringError(
-                f"batch sizes differ: probs {n}, features {feats.shape}, images {len(images)}, "
+                f"batch sizes differ: engine output {n}, features {feats.shape}, images {len(images)}, "
                 f"frames {len(frames)}, radar {len(radar)}"
             )
-        if probs.shape[2] != len(self.classes):
-            raise ScoringError(f"probs have {probs.shape[2]} classes, the bundle names {len(self.classes)}")
         s = self.settings
         slices = [str(tag(f.conditions, images[i], f.gps, s)) for i, f in enumerate(frames)]
-        # Uncertainty maps on a strided grid: per-pixel measures dominate scoring's cost, and frame-level
-        # pooling (mean, top-k, grid max) is insensitive to skipping every other row and column.
-        step = s.map_stride
-        sub = np.ascontiguousarray(probs[..., ::step, ::step]) if step > 1 else probs  # [K, N, C, H/s, W/s]
-        maps = uncertainty_maps(sub, MEASURES)  # name -> [N, H/s, W/s]
-        pred_sub = mean_prediction(sub)  # [N, H/s, W/s] for the rare-class weights
-
-        def pool(name: str, weights: np.ndarray | None = None) -> np.ndarray:
-            return aggregate(maps[name], s.aggregation, s.topk_fraction, s.grid, weights)
-
-        pooled = {name: pool(name) for name in MEASURES if name != "mi"}
-        pooled["mi"] = pool("mi", rare_class_weights(pred_sub, self.classes, s.rare_class_weight))
-        pooled["msp"] = max_softmax_score(sub)
-        if self.reference is not None and self.reference.dim == feats.shape[1]:
-            pooled["shift"] = self.reference.mahalanobis(feats, slices)
-        else:
-            pooled["shift"] = np.zeros(n, dtype=np.float32)
-        h, w = probs.shape[3:]
+        hw = (int(images.shape[1]), int(images.shape[2])) if n else (0, 0)
+        ctx = BatchContext(out, s, slices, frames, radar, self.classes, self.reference, self.camera, hw)
+        values = {name: fn(ctx) for name, fn in COMPONENTS.items()}  # name -> [N]
         embeddings = self.embed(feats)
-        out = [
-            FrameScore(
-                slice=slices[i],
-                scores={k: float(pooled[k][i]) for k in SCORE_KEYS if k != "radar"},
-                embedding=embeddings[i],
-                uncertainty_map=maps["mi"][i],
-                member_probs=probs[:, i],
-            )
+        scored = [
+            FrameScore(slice=slices[i], scores={k: float(v[i]) for k, v in values.items()},
+                       embedding=embeddings[i], batch=out, row=i)
             for i in range(n)
         ]
-        for fs, frame, scan in zip(out, frames, radar, strict=True):
-            gps = frame.gps
-            fs.scores["radar"] = 0.0 if scan is None else radar_disagreement(
-                fs.prediction, scan.detections, (frame.width or w, frame.height or h),
-                self.camera, self.classes, ego_speed_mps=gps.speed_mps if gps is not None else 0.0,
-            )
         if self.reference is not None:
             for key in sorted(set(slices)):
-                self.drift.update(key, [fs.scores["shift"] for fs in out if fs.slice == key])
+                self.drift.update(key, [fs.scores["shift"] for fs in scored if fs.slice == key])
         if self.observer is not None:
-            self.observer(out, self)
-        return out
+            self.observer(scored, self)
+        return scored

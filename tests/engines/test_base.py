@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -59,18 +61,21 @@ def test_infer_rejects_wrong_input_and_closed_engine(bundles: dict[str, Bundle])
         engine.infer(np.zeros((1, *INPUT_HW, 3), np.uint8))
 
 
-def test_check_outputs_catches_shape_nan_and_unnormalised(bundles: dict[str, Bundle]) -> None:
+def test_check_outputs_catches_shape_nan_and_out_of_range(bundles: dict[str, Bundle]) -> None:
     b = bundles["v1"]
-    probs = np.full((2, 1, 11, *INPUT_HW), 1 / 11, np.float32)
-    feats = np.zeros((1, b.feature_dim), np.float32)
-    check_outputs(b, probs, feats, 1)
-    with pytest.raises(EngineError, match="probs shape"):
-        check_outputs(b, probs[:1], feats, 1)
+    images = np.random.default_rng(1).integers(0, 256, size=(1, *INPUT_HW, 3), dtype=np.uint8)
+    with OrtEngine(b) as engine:
+        good = engine.infer(images)
+    check_outputs(b, good, 1)
+    with pytest.raises(EngineError, match="scores shape"):
+        check_outputs(b, dataclasses.replace(good, scores=good.scores[:, :3]), 1)
     with pytest.raises(EngineError, match="features shape"):
-        check_outputs(b, probs, feats[:, :3], 1)
-    bad = probs.copy()
-    bad[0, 0, 0, 0, 0] = np.nan
+        check_outputs(b, dataclasses.replace(good, features=good.features[:, :3]), 1)
+    with pytest.raises(EngineError, match="umap shape"):
+        check_outputs(b, dataclasses.replace(good, umap=good.umap[:, ::2]), 1)
     with pytest.raises(EngineError, match="non-finite"):
-        check_outputs(b, bad, feats, 1)
-    with pytest.raises(EngineError, match="do not sum to 1"):
-        check_outputs(b, probs * 2, feats, 1)
+        check_outputs(b, dataclasses.replace(good, features=good.features * np.nan), 1)
+    with pytest.raises(EngineError, match="outside"):
+        check_outputs(b, dataclasses.replace(good, scores=good.scores + 100.0), 1)
+    with pytest.raises(EngineError, match="argmax"):
+        check_outputs(b, dataclasses.replace(good, fetch_prediction=lambda i: np.full(INPUT_HW, 99, np.uint8)), 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import threading
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from avminer.engines.base import Engine
 from avminer.engines.bundle import Bundle
+from avminer.engines.contract import EngineOutput
 from avminer.engines.hotswap import EngineHolder
 from avminer.engines.ort import OrtEngine
 from avminer.errors import EngineError
@@ -37,7 +39,7 @@ def test_swap_under_concurrent_inference(bundles: dict[str, Bundle], tmp_path: P
     for version, bundle in bundles.items():
         with OrtEngine(bundle, threads=1) as engine:
             reference[version] = engine.infer(images)
-    assert np.abs(reference["v1"].probs - reference["v2"].probs).max() > 1e-3  # the models really differ
+    assert np.abs(reference["v1"].scores - reference["v2"].scores).max() > 1e-3  # the models really differ
 
     corrupt = tmp_path / "corrupt"
     shutil.copytree(bundles["v2"].path, corrupt)
@@ -54,7 +56,7 @@ def test_swap_under_concurrent_inference(bundles: dict[str, Bundle], tmp_path: P
         while not stop.is_set():
             try:
                 out = holder.infer(images)
-                np.testing.assert_allclose(out.probs, reference[out.version].probs, atol=1e-5)
+                np.testing.assert_allclose(out.scores, reference[out.version].scores, atol=1e-5)
                 np.testing.assert_allclose(out.features, reference[out.version].features, atol=1e-5)
                 seen[i].append(out.version)
             except BaseException as exc:  # noqa: BLE001 - every failure counts
@@ -108,9 +110,9 @@ def test_failed_load_keeps_old_model_and_the_same_version_is_a_no_op(
 
 def test_probe_rejects_a_model_with_non_finite_outputs(bundles: dict[str, Bundle]) -> None:
     class NanEngine(OrtEngine):
-        def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            probs, features = super()._run(images)
-            return probs, features * np.nan
+        def _run(self, images: np.ndarray, probs: bool) -> EngineOutput:
+            out = super()._run(images, probs)
+            return dataclasses.replace(out, features=out.features * np.nan)
 
     holder = EngineHolder(_opener(bundles["v1"]), opener=lambda b: NanEngine(b, threads=1))
     result = holder.load(bundles["v2"])
@@ -138,6 +140,6 @@ def test_holder_resizes_frames_to_the_serving_model(bundles: dict[str, Bundle]) 
     holder = EngineHolder(_opener(bundles["v1"]), opener=_opener)
     frames = [np.zeros((64, 96, 3), np.uint8), np.zeros((30, 50, 3), np.uint8)]
     out = holder.infer(frames)
-    assert out.probs.shape[1] == 2 and out.probs.shape[-2:] == INPUT_HW
+    assert out.scores.shape[0] == 2 and out.prediction(1).shape == INPUT_HW
     holder.close()
 

@@ -106,8 +106,9 @@ def test_tensorrt_build_run_and_parity(bundle_copy: Callable[[str], Bundle], fp1
     images = np.random.default_rng(0).integers(0, 256, size=(6, b.input_height, b.input_width, 3), dtype=np.uint8)
     with TensorRTEngine(b, build=False) as engine:
         out = engine.infer(images)  # 6 > max_batch 4: split into two runs
-    assert out.probs.shape == (b.members, 6, len(b.classes), b.input_height, b.input_width)
-    assert np.isfinite(out.probs).all()
+    assert out.scores.shape == (6, len(b.head.score_names())) and np.isfinite(out.scores).all()
+    assert out.prediction(5).shape == (b.input_height, b.input_width)
+    assert report["scores_max"] <= TRT_TOLERANCE[info["precision"]]["probs_max"]
 
 
 @pytest.mark.gpu
@@ -140,10 +141,15 @@ def test_fp16_graph_of_the_starter_bundle_stays_within_the_fp16_tolerance() -> N
     images = np.random.default_rng(1).integers(0, 256, size=(2, b.input_height, b.input_width, 3), dtype=np.uint8)
     x = to_nchw_float(images)
     fp16 = onnx_to_fp16(b.onnx_path.read_bytes())
-    p32, f32 = ort.InferenceSession(str(b.onnx_path), providers=["CPUExecutionProvider"]).run(None, {"images": x})
-    p16, f16 = ort.InferenceSession(fp16, providers=["CPUExecutionProvider"]).run(None, {"images": x})
+    names = ["probs", "features", "scores", "argmax"]
+    p32, f32, s32, a32 = ort.InferenceSession(str(b.onnx_path), providers=["CPUExecutionProvider"]).run(
+        names, {"images": x})
+    p16, f16, s16, a16 = ort.InferenceSession(fp16, providers=["CPUExecutionProvider"]).run(names, {"images": x})
     assert p16.dtype == np.float32 and f16.dtype == np.float32  # FP32 at the edges: keep_io_types
     tol = TRT_TOLERANCE["fp16"]
+    # Scores of the FP16 graph (head included, onnxconverter-common) move no more than its probabilities.
+    assert np.abs(s16 - s32).max() <= tol["probs_max"]
+    assert (a16 == a32).mean() >= 0.99
     assert np.abs(p16 - p32).max() <= tol["probs_max"]
     assert np.abs(p16 - p32).mean() <= tol["probs_mean"]
     assert np.abs(f16 - f32).max() / max(1.0, np.abs(f32).max()) <= tol["features_rel"]

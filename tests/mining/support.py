@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from avminer.engines.base import Engine
+from avminer.engines.base import Engine, compact_from_probs
 from avminer.engines.bundle import Bundle
+from avminer.engines.contract import EngineOutput, HeadSpec
 from avminer.events.records import CameraFrame, RadarScan
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,9 +36,9 @@ CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "sign", "fence
 def fake_bundle(version: str = "fake-1", height: int = 36, width: int = 48, members: int = 3) -> Bundle:
     """A bundle manifest for :class:`FakeEngine` (no files: nothing is loaded from it)."""
     manifest = {
-        "format": "avminer-bundle/1", "version": version, "members": members,
+        "format": "avminer-bundle/2", "version": version, "members": members,
         "input": {"height": height, "width": width}, "classes": CLASSES, "void_index": 11,
-        "feature_dim": 16, "files": {"model.onnx": "0" * 64},
+        "feature_dim": 16, "files": {"model.onnx": "0" * 64}, "head": HeadSpec.for_classes(CLASSES).to_manifest(),
     }
     return Bundle(Path("/nonexistent-fake-bundle"), manifest)
 
@@ -60,7 +61,13 @@ class FakeEngine(Engine):
         self._b = rng.normal(0, 1, (k, c)).astype(np.float32)
         self._proj = rng.normal(0, 1, (64, self.bundle.feature_dim)).astype(np.float32)
 
-    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, images: np.ndarray, probs: bool) -> EngineOutput:
+        """The probabilities below, scored by the numpy twin of the in-graph head."""
+        p, features = self._probs(images)
+        scores, features, umap, fetch = compact_from_probs(p, features, self.head, len(self.bundle.classes))
+        return self._output(scores, features, umap, fetch, p if probs else None)
+
+    def _probs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.delay_s:
             time.sleep(self.delay_s)
         grey = images.mean(axis=3, dtype=np.float32) / 255.0  # [N, H, W]

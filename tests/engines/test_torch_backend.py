@@ -1,0 +1,95 @@
+"""The torch engine's CPU-reachable parts: precisions, compiled-graph padding, the eager fallback, options.
+
+The CUDA path (FP16, pinned buffers, its own stream, inductor) needs a GPU: ``tools/gpu_check.sh``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from avminer.engines import BACKENDS, open_engine
+from avminer.engines.bundle import Bundle
+from avminer.engines.export import SCORE_ATOL
+from avminer.engines.torch_backend import TorchEngine
+from avminer.errors import EngineError
+from tests.engines.conftest import INPUT_HW
+
+
+def _images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, *INPUT_HW, 3), dtype=np.uint8)
+
+
+def test_bf16_net_keeps_float32_outputs_close_to_fp32(bundles: dict[str, Bundle]) -> None:
+    images = _images(3)
+    with TorchEngine(bundles["v1"]) as fp32, TorchEngine(bundles["v1"], precision="bf16") as bf16:
+        a, b = fp32.infer(images), bf16.infer(images)
+    assert fp32.precision == "fp32" and bf16.precision == "bf16"
+    assert b.scores.dtype == np.float32 and b.features.dtype == np.float32 and b.umap.dtype == np.uint8
+    assert b.prediction(0).dtype == np.uint8 and b.prediction(0).shape == INPUT_HW
+    # bf16 keeps 8 bits of mantissa: scores move, but stay within the score range's order of magnitude.
+    assert np.abs(a.scores - b.scores).max() < 0.25
+    assert np.isfinite(b.scores).all()
+
+
+def test_compiled_path_pads_to_max_batch_and_matches_eager(bundles: dict[str, Bundle]) -> None:
+    calls: list[tuple[int, ...]] = []
+
+    def fake_compile(module: Any) -> Any:
+        """Stands in for torch.compile: the same module, recording the shapes it is called with."""
+        def run(x: Any) -> Any:
+            calls.append(tuple(x.shape))
+            return module(x)
+        return run
+
+    images = _images(7, seed=1)
+    with TorchEngine(bundles["v2"], compile="on", max_batch=4, compile_fn=fake_compile) as compiled, \
+            TorchEngine(bundles["v2"]) as eager:
+        assert compiled.compiled and compiled.compile_error is None
+        warm = len(calls)
+        out = compiled.infer(images)  # 7 frames: two padded batches of 4
+        ref = eager.infer(images)
+        with_probs = compiled.infer(images[:2], probs=True)  # probabilities run eagerly, unpadded
+    assert all(shape[0] == 4 for shape in calls)  # only ever the one compiled shape
+    assert len(calls) - warm == 2
+    assert out.scores.shape[0] == 7
+    np.testing.assert_allclose(out.scores, ref.scores, atol=SCORE_ATOL)
+    np.testing.assert_array_equal(out.prediction(6), ref.prediction(6))
+    assert with_probs.probs is not None and with_probs.probs.shape[1] == 2
+
+
+def test_a_failed_compile_falls_back_to_eager(bundles: dict[str, Bundle], caplog: pytest.LogCaptureFixture) -> None:
+    def broken(module: Any) -> Any:
+        def run(x: Any) -> Any:
+            raise RuntimeError("inductor: no C++ compiler here")
+        return run
+
+    with TorchEngine(bundles["v1"], compile="on", compile_fn=broken) as engine:
+        assert not engine.compiled and "no C++ compiler" in (engine.compile_error or "")
+        out = engine.infer(_images(2))  # still serves, eagerly
+    assert out.scores.shape[0] == 2
+    assert "running eagerly" in caplog.text
+
+
+def test_bad_options_are_refused(bundles: dict[str, Bundle]) -> None:
+    with pytest.raises(EngineError, match="precision"):
+        TorchEngine(bundles["v1"], precision="int8")
+    with pytest.raises(EngineError, match="compile"):
+        TorchEngine(bundles["v1"], compile="maybe")
+    with pytest.raises(EngineError, match="max_batch"):
+        TorchEngine(bundles["v1"], max_batch=0)
+
+
+def test_registry_opens_every_cpu_backend_with_one_contract(bundles: dict[str, Bundle]) -> None:
+    images = _images(2, seed=3)
+    for backend in ("onnxruntime", "torch", "null"):
+        assert backend in BACKENDS
+        with open_engine(bundles["v1"], backend=backend, threads=1, precision="fp32", compile="off") as engine:
+            out = engine.infer(images)
+        assert engine.backend == backend
+        assert out.scores.shape == (2, len(engine.head.score_names()))
+        assert out.host_bytes() == 2 * engine.host_bytes_per_frame()
+    with pytest.raises(EngineError, match="unknown engine backend"):
+        open_engine(bundles["v1"], backend="cuda-magic")

@@ -547,6 +547,20 @@ class Catalog:
                 ).rowcount
         return changed
 
+    def mark_pseudo_labeled(self, frame_ids: Sequence[str], model_version: str) -> int:
+        """Record that ``model_version`` pseudo-labeled these frames (self-training): ``labeler`` becomes
+        ``pseudo:<model_version>``; state and ``label_uri`` stay, so a pseudo-label never passes for a
+        human one, and frames with a human label are left alone. Returns how many rows changed."""
+        ids, changed = list(dict.fromkeys(frame_ids)), 0
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            with self._tx() as cur:
+                changed += self._exec(
+                    cur, f"UPDATE samples SET labeler = ?, updated_at_us = ? WHERE label_uri IS NULL AND frame_id "
+                    f"IN ({', '.join('?' * len(chunk))})", [f"pseudo:{model_version}", now_us(), *chunk],
+                ).rowcount
+        return changed
+
     def get_sample(self, sample_id: str) -> SampleRow | None:
         with self._tx() as cur:
             row = self._exec(cur, f"SELECT {_SELECT} FROM samples s WHERE s.sample_id = ?", (sample_id,)).fetchone()

@@ -5,6 +5,8 @@
     avminer train release BUNDLE [--production BUNDLE --data DIR] [--dataset-id ID]
     avminer train serve [--data DIR] [--threads N]
     avminer train report --data DIR [--quick] [--methods ...]
+    avminer train run --adapt synth,adabn,pseudo --data DIR --target DIR --out BUNDLE   (domain adaptation)
+    avminer train report --adapt --data DIR --target-data IDD_DIR [--quick]
 
 Defaults come from the ``trainer`` settings section; flags override them. ``gate`` exits with status 3
 when a slice regressed beyond the margin; ``release`` refuses (status 2) without uploading anything.
@@ -58,6 +60,9 @@ def register(sub: Any) -> None:
     run.add_argument("--limit", type=int, help="at most this many frames per split (smoke runs)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--json", action="store_true", help="print one JSON object with the outcome")
+    from avminer.cli import train_adapt
+
+    train_adapt.add_run_arguments(run)
     run.set_defaults(train_func=_run)
 
     gate = tsub.add_parser("gate", help="compare a candidate with production per slice (mIoU)")
@@ -108,6 +113,10 @@ def _run(args: argparse.Namespace) -> int:
     from avminer.trainer.run import RunSpec, run_camvid
     from avminer.trainer.train import TrainConfig
 
+    if args.adapt is not None:
+        from avminer.cli.train_adapt import run_adapt
+
+        return run_adapt(args)
     t = load_settings(args.config).trainer
     size = args.size or (t.input_height, t.input_width)
     if size[0] % 8 or size[1] % 8:

@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the per-layer plots go (default ./train-report)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--progress", action="store_true", help="progress bars while training")
+    from avminer.cli.train_adapt import add_report_arguments
+
+    add_report_arguments(parser)
     parser.set_defaults(func=_run, train_func=_run)
 
 
@@ -46,6 +49,10 @@ def _run(args: argparse.Namespace) -> int:
     from avminer.errors import ConfigError
     from avminer.trainer.report import ReportConfig, run_report
 
+    if args.adapt:
+        from avminer.cli.train_adapt import run_report as run_adapt_report
+
+        return run_adapt_report(args)
     overrides: dict[str, Any] = {"threads": args.threads, "out_dir": Path(args.out), "progress": args.progress}
     if args.epochs is not None:
         overrides["epochs"] = args.epochs

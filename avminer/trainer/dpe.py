@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,9 @@ from torch import Tensor, nn
 from avminer.errors import TrainerError
 from avminer.models.ensemble import Ensemble, weight_priors
 from avminer.taxonomy import CAMVID
+
+if TYPE_CHECKING:
+    from avminer.taxonomy import TaxonomyMapping
 
 DEFAULT_BETA = 1e-5
 VARIANCE_EPS = 1e-8  # keeps log σ² and 1/σ² finite should two members ever coincide
@@ -109,12 +113,33 @@ def dpe_loss(
     beta: float = DEFAULT_BETA,
     class_weights: Tensor | None = None,
     ignore_index: int = CAMVID.void,
+    coarse: TaxonomyMapping | None = None,
+    group_weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Σ_members CE + β·Ω; returns (loss, cross-entropy part, Ω (centered)).
 
-    With one member or β = 0 the Ω term is skipped (returned as 0).
+    With one member or β = 0 the Ω term is skipped (returned as 0). With ``coarse`` (the declared mapping
+    of labels in another taxonomy, :mod:`avminer.trainer.coarse`), pixels labeled with a group count with
+    the NLL of the group's summed probability (weighted by ``group_weights``), pooled with the fine pixels;
+    a batch without such pixels gives exactly the fine-only loss.
     """
-    ce = ensemble_cross_entropy(logits, target, class_weights, ignore_index)
+    if coarse is not None:
+        from avminer.trainer.coarse import COARSE_BASE, coarse_nll_sum, has_coarse
+
+    if coarse is not None and has_coarse(target):
+        fine_target = torch.where(target >= COARSE_BASE, torch.full_like(target, ignore_index), target)
+        k = logits.shape[0]
+        fine_sum = F.cross_entropy(logits.flatten(0, 1), fine_target.repeat(k, 1, 1), weight=class_weights,
+                                   ignore_index=ignore_index, reduction="sum")
+        valid = fine_target != ignore_index
+        if class_weights is None:
+            fine_denom = valid.sum().to(logits.dtype)
+        else:
+            fine_denom = class_weights[fine_target.clamp(max=class_weights.numel() - 1)][valid].sum()
+        coarse_sum, coarse_denom = coarse_nll_sum(logits, target, coarse, group_weights)
+        ce = (fine_sum + coarse_sum) / (fine_denom + coarse_denom).clamp(min=1e-6)
+    else:
+        ce = ensemble_cross_entropy(logits, target, class_weights, ignore_index)
     if beta > 0 and model.num_members >= 2:
         omega = dpe_regularizer(model)
     else:

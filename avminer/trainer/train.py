@@ -36,11 +36,13 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from avminer.errors import TrainerError
+from avminer.errors import ConfigError, TrainerError
 from avminer.models.ensemble import Ensemble
-from avminer.taxonomy import confusion, iou_per_class, mean_iou
+from avminer.taxonomy import TaxonomyMapping, confusion, iou_per_class, mean_iou
+from avminer.trainer.coarse import coarse_class_weights
 from avminer.trainer.data import VOID, LabeledFrames, augment_batch, batches, enet_class_weights, to_tensors
 from avminer.trainer.dpe import DEFAULT_BETA, dpe_loss
+from avminer.trainer.synth import SynthMix, synthesize_batch
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +68,20 @@ class TrainConfig:
     eval_every: int = 5  # epochs between evaluations (the last epoch is always evaluated)
     eval_batch: int = 16
     progress: bool = True
+    # Share of training frames rendered in each synthetic condition (avminer.trainer.synth), e.g.
+    # {"fog": 0.15, "dusk": 0.25}; empty: none. Labels carry over.
+    synth_mix: dict[str, float] = field(default_factory=dict)
+    # Taxonomy of the coarse labels among the training frames (avminer.trainer.coarse), e.g. "idd_level1";
+    # "": every label is a CamVid id.
+    coarse_taxonomy: str = ""
 
     def __post_init__(self) -> None:
         if self.schedule not in {"poly", "cosine", "constant"}:
             raise TrainerError(f"schedule must be poly, cosine or constant, got {self.schedule!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise TrainerError("epochs and batch_size must be >= 1")
+        SynthMix.parse(self.synth_mix, "synth_mix")
+        coarse_mapping(self.coarse_taxonomy)
 
 
 @dataclass
@@ -302,7 +312,8 @@ def train_ensemble(
 
     Args:
         model: a built ensemble (its weights are replaced by the checkpoint's when resuming).
-        train: training frames (already at the model's input size).
+        train: training frames (already at the model's input size). Labels may mix fine ids and coarse
+            groups (:mod:`avminer.trainer.coarse`) when ``cfg.coarse_taxonomy`` names their taxonomy.
         cfg: training configuration.
         work_dir: where ``checkpoint.pt`` lives (None: no checkpoints).
         eval_frames: held-out frames evaluated per slice every ``cfg.eval_every`` epochs and at the end.
@@ -317,10 +328,6 @@ def train_ensemble(
     Returns:
         The trained model, per-epoch history, final per-slice metrics and mean seconds per epoch.
     """
-    from tqdm import tqdm
-
-    from avminer import metrics as prom
-
     if len(train) < 2:
         raise TrainerError(f"need at least 2 training frames, got {len(train)}")
     set_threads(cfg.threads)
@@ -328,119 +335,31 @@ def train_ensemble(
     ctx = distributed_context(cfg.device)
     device = torch.device(f"cuda:{ctx.local_rank}" if ctx.enabled and cfg.device.startswith("cuda") else cfg.device)
     model.to(device)
-    weights = (
-        torch.from_numpy(enet_class_weights(train.labels, model.num_classes)).to(device) if cfg.class_weighting else None
-    )
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sampler: Any = None
-    forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = model.member_outputs
-    if ctx.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-        from torch.utils.data.distributed import DistributedSampler
-
-        # The sampler only needs len(); the indices it hands out select frames of ``train``.
-        sampler = DistributedSampler(range(len(train)), ctx.world_size, ctx.rank, shuffle=True,  # type: ignore[arg-type]
-                                     seed=cfg.seed)
-        steps_per_epoch = max(1, sum(1 for b in _shard_batches(sampler, 0, cfg.batch_size) if len(b) >= 2))
-    else:
-        steps_per_epoch = max(1, sum(1 for b in batches(len(train), cfg.batch_size, False) if len(b) >= 2))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(cfg, cfg.epochs * steps_per_epoch))
-    rng = np.random.default_rng(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
+    loop = _Loop(model, train, cfg, ctx, device, after_step)
     ckpt_path = Path(work_dir) / CHECKPOINT if work_dir is not None else None
     if resume and ckpt_path is not None and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        if state.get("arch") != model.arch:
-            raise TrainerError(f"{ckpt_path}: checkpoint is for another architecture; delete it or use another work dir")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        rng.bit_generator.state = state["numpy_rng"]
-        gen.set_state(state["torch_rng"])
-        history = list(state["history"])
-        start_epoch = int(state["epoch"])
-        log.info("resuming from %s at epoch %d/%d", ckpt_path, start_epoch, cfg.epochs)
-    if ctx.enabled:
-        # DDP averages the gradients of what its forward computed; the DPE term reads the parameters
-        # directly, which is fine: every rank adds the same β·Ω, so its averaged gradient is unchanged.
-        forward = DistributedDataParallel(_MemberOutputs(model), device_ids=[device.index] if device.type == "cuda" else None)
+        loop.resume_from(ckpt_path)
+    loop.wrap_distributed()
 
     metrics: dict[str, SliceMetrics] = {}
-    epoch_times: list[float] = []
+    epochs_run = 0
     stop = cfg.epochs if until_epoch is None else min(cfg.epochs, until_epoch)
     completed = True
-    for epoch in range(start_epoch, stop):
-        model.train()
-        t0 = time.perf_counter()
-        sums = torch.zeros(4, dtype=torch.float64)  # loss, ce, omega, steps
-        if sampler is not None:
-            epoch_batches = _shard_batches(sampler, epoch, cfg.batch_size)
-            # Each rank augments its own frames differently, reproducibly per epoch (no RNG state to resume).
-            gen.manual_seed(cfg.seed * 1_000_003 + epoch * ctx.world_size + ctx.rank)
-        else:
-            epoch_batches = list(batches(len(train), cfg.batch_size, True, rng))
-        bar = tqdm(
-            [b for b in epoch_batches if len(b) >= 2],
-            desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not (cfg.progress and ctx.is_main), leave=False,
-        )
-        for index in bar:
-            images, labels = to_tensors(train, index)  # [B, 3, H, W], [B, H, W]
-            if cfg.augment:
-                images, labels = augment_batch(images, labels, gen)
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            logits, _ = forward(images)  # [K, B, C, H, W]
-            loss, ce, omega = dpe_loss(model, logits, labels, cfg.beta, weights, VOID)
-            if not torch.isfinite(loss):
-                raise TrainerError(f"loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-            if after_step is not None:
-                after_step(opt)
-            sched.step()
-            sums += torch.tensor([float(loss.detach()), float(ce.detach()), float(omega.detach()), 1.0], dtype=torch.float64)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        stop_now = should_stop() if should_stop is not None else False
-        if ctx.enabled:
-            import torch.distributed as dist
-
-            # One collective for the epoch's mean loss over every rank and for "does anyone stop?".
-            flags = torch.cat([sums, torch.tensor([float(stop_now)], dtype=torch.float64)]).to(device)
-            dist.all_reduce(flags)
-            flags = flags.cpu()
-            sums, stop_now = flags[:4], bool(flags[4] > 0)
-        seconds = time.perf_counter() - t0
-        epoch_times.append(seconds)
-        n = max(float(sums[3]), 1.0)
-        row: dict[str, Any] = {"loss": float(sums[0]) / n, "ce": float(sums[1]) / n, "omega": float(sums[2]) / n}
-        row.update(epoch=epoch + 1, seconds=seconds, lr=sched.get_last_lr()[0])
-        last = epoch + 1 == cfg.epochs
+    for epoch in range(loop.start_epoch, stop):
+        row, stop_now = loop.run_epoch(epoch, should_stop)
+        epochs_run += 1
         if (ctx.is_main and eval_frames is not None and len(eval_frames)
-                and (last or (epoch + 1) % max(cfg.eval_every, 1) == 0)):
+                and (epoch + 1 == cfg.epochs or (epoch + 1) % max(cfg.eval_every, 1) == 0)):
             metrics = evaluate(model, eval_frames, cfg.eval_batch)
             row["miou"] = {k: m.miou for k, m in metrics.items()}
-        history.append(row)
-        if ctx.is_main:
-            prom.TRAIN_EPOCH.set(epoch + 1)
-            prom.TRAIN_LOSS.set(row["loss"])
-        log.log(
-            logging.INFO if ctx.is_main else logging.DEBUG,
-            "epoch %d/%d loss %.4f (ce %.4f, omega %.1f) %.1fs%s", epoch + 1, cfg.epochs, row["loss"], row["ce"],
-            row["omega"], seconds, f" miou {row['miou']}" if "miou" in row else "",
-        )
+        loop.record(row)
         if ckpt_path is not None and ctx.is_main:
-            save_checkpoint(ckpt_path, {
-                "arch": model.arch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "numpy_rng": rng.bit_generator.state,
-                "torch_rng": gen.get_state(), "history": history, "epoch": epoch + 1, "config": asdict(cfg),
-            })
+            save_checkpoint(ckpt_path, loop.checkpoint(epoch + 1))
         if stop_now and epoch + 1 < stop:
             log.info("stopping after epoch %d/%d as asked; resume from %s", epoch + 1, cfg.epochs, ckpt_path)
             completed = False
             break
-    completed = completed and (start_epoch >= cfg.epochs or len(history) >= cfg.epochs)
+    completed = completed and (loop.start_epoch >= cfg.epochs or len(loop.history) >= cfg.epochs)
     if ctx.enabled:
         _finish_distributed(model, ctx)
     if ctx.is_main and eval_frames is not None and len(eval_frames) and not metrics and completed:
@@ -451,11 +370,184 @@ def train_ensemble(
         dist.barrier()  # rank 0's last evaluation done before anyone tears the group down
         dist.destroy_process_group()
     model.eval().cpu()  # exporters and engines take it from here on the CPU
+    history = loop.history
     return TrainResult(
         model, history, metrics,
         float(np.mean([h["seconds"] for h in history])) if history else float("nan"),  # resumed epochs too
-        len(epoch_times), completed, ctx.rank,
+        epochs_run, completed, ctx.rank,
     )
+
+
+class _Loop:
+    """The state of one training run (optimiser, schedule, RNGs, history) and its steps, epoch by epoch."""
+
+    def __init__(self, model: Ensemble, train: LabeledFrames, cfg: TrainConfig, ctx: DistContext,
+                 device: torch.device, after_step: Callable[[torch.optim.Optimizer], None] | None) -> None:
+        self.model, self.train, self.cfg, self.ctx, self.device = model, train, cfg, ctx, device
+        self.after_step = after_step
+        self.weights, self.group_weights = _class_weights(train, cfg, model.num_classes, device)
+        self.coarse = coarse_mapping(cfg.coarse_taxonomy)
+        self.synth = SynthMix.parse(cfg.synth_mix, "synth_mix")
+        self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.sampler: Any = None
+        if ctx.enabled:
+            from torch.utils.data.distributed import DistributedSampler
+
+            # The sampler only needs len(); the indices it hands out select frames of ``train``.
+            self.sampler = DistributedSampler(range(len(train)), ctx.world_size, ctx.rank, shuffle=True,  # type: ignore[arg-type]
+                                              seed=cfg.seed)
+            steps = sum(1 for b in _shard_batches(self.sampler, 0, cfg.batch_size) if len(b) >= 2)
+        else:
+            steps = sum(1 for b in batches(len(train), cfg.batch_size, False) if len(b) >= 2)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_factor(cfg, cfg.epochs * max(1, steps)))
+        self.rng = np.random.default_rng(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 0
+        self.forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = model.member_outputs
+
+    def resume_from(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        if state.get("arch") != self.model.arch:
+            raise TrainerError(f"{path}: checkpoint is for another architecture; delete it or use another work dir")
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        self.gen.set_state(state["torch_rng"])
+        self.history = list(state["history"])
+        self.start_epoch = int(state["epoch"])
+        log.info("resuming from %s at epoch %d/%d", path, self.start_epoch, self.cfg.epochs)
+
+    def wrap_distributed(self) -> None:
+        if not self.ctx.enabled:
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        # DDP averages the gradients of what its forward computed; the DPE term reads the parameters
+        # directly, which is fine: every rank adds the same β·Ω, so its averaged gradient is unchanged.
+        self.forward = DistributedDataParallel(_MemberOutputs(self.model),
+                                               device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def epoch_batches(self, epoch: int) -> list[NDArray[np.int64]]:
+        if self.sampler is not None:
+            # Each rank augments its own frames differently, reproducibly per epoch (no RNG state to resume).
+            self.gen.manual_seed(self.cfg.seed * 1_000_003 + epoch * self.ctx.world_size + self.ctx.rank)
+            found = _shard_batches(self.sampler, epoch, self.cfg.batch_size)
+        else:
+            found = list(batches(len(self.train), self.cfg.batch_size, True, self.rng))
+        return [b for b in found if len(b) >= 2]
+
+    def load_batch(self, index: NDArray[np.int64], synth_rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """images [B, 3, H, W], labels [B, H, W] on the device: synthetic conditions, then augmentation."""
+        if self.synth is not None:
+            rendered, _ = synthesize_batch(self.train.images[index], self.train.labels[index], self.synth, synth_rng)
+            images = torch.from_numpy(rendered).permute(0, 3, 1, 2).float().contiguous()
+            labels = torch.from_numpy(self.train.labels[index]).long()
+        else:
+            images, labels = to_tensors(self.train, index)  # [B, 3, H, W], [B, H, W]
+        if self.cfg.augment:
+            images, labels = augment_batch(images, labels, self.gen)
+        return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, epoch: int) -> torch.Tensor:
+        """One optimiser step; returns (loss, ce, omega) detached as float64 [3]."""
+        logits, _ = self.forward(images)  # [K, B, C, H, W]
+        loss, ce, omega = dpe_loss(self.model, logits, labels, self.cfg.beta, self.weights, VOID,
+                                   coarse=self.coarse, group_weights=self.group_weights)
+        if not torch.isfinite(loss):
+            raise TrainerError(f"loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        self.opt.step()
+        if self.after_step is not None:
+            self.after_step(self.opt)
+        self.sched.step()
+        return torch.tensor([float(loss.detach()), float(ce.detach()), float(omega.detach())], dtype=torch.float64)
+
+    def run_epoch(self, epoch: int, should_stop: Callable[[], bool] | None) -> tuple[dict[str, Any], bool]:
+        """Train one epoch; returns its history row (mean losses, time, lr) and whether to stop after it."""
+        from tqdm import tqdm
+
+        self.model.train()
+        t0 = time.perf_counter()
+        sums = torch.zeros(4, dtype=torch.float64)  # loss, ce, omega, steps
+        # Synthetic renders are drawn per epoch from the seed: reproducible on resume without saved state.
+        synth_rng = np.random.default_rng([self.cfg.seed, epoch, self.ctx.rank])
+        bar = tqdm(self.epoch_batches(epoch), desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch",
+                   disable=not (self.cfg.progress and self.ctx.is_main), leave=False)
+        for index in bar:
+            losses = self.step(*self.load_batch(index, synth_rng), epoch)
+            sums += torch.cat([losses, torch.ones(1, dtype=torch.float64)])
+            bar.set_postfix(loss=f"{float(losses[0]):.3f}")
+        stop_now = should_stop() if should_stop is not None else False
+        if self.ctx.enabled:
+            import torch.distributed as dist
+
+            # One collective for the epoch's mean loss over every rank and for "does anyone stop?".
+            flags = torch.cat([sums, torch.tensor([float(stop_now)], dtype=torch.float64)]).to(self.device)
+            dist.all_reduce(flags)
+            flags = flags.cpu()
+            sums, stop_now = flags[:4], bool(flags[4] > 0)
+        n = max(float(sums[3]), 1.0)
+        row: dict[str, Any] = {"loss": float(sums[0]) / n, "ce": float(sums[1]) / n, "omega": float(sums[2]) / n}
+        row.update(epoch=epoch + 1, seconds=time.perf_counter() - t0, lr=self.sched.get_last_lr()[0])
+        return row, stop_now
+
+    def record(self, row: dict[str, Any]) -> None:
+        from avminer import metrics as prom
+
+        self.history.append(row)
+        if self.ctx.is_main:
+            prom.TRAIN_EPOCH.set(row["epoch"])
+            prom.TRAIN_LOSS.set(row["loss"])
+        log.log(
+            logging.INFO if self.ctx.is_main else logging.DEBUG,
+            "epoch %d/%d loss %.4f (ce %.4f, omega %.1f) %.1fs%s", row["epoch"], self.cfg.epochs, row["loss"],
+            row["ce"], row["omega"], row["seconds"], f" miou {row['miou']}" if "miou" in row else "",
+        )
+
+    def checkpoint(self, epoch: int) -> dict[str, Any]:
+        return {
+            "arch": self.model.arch, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": self.gen.get_state(), "history": self.history, "epoch": epoch, "config": asdict(self.cfg),
+        }
+
+
+def _class_weights(
+    train: LabeledFrames, cfg: TrainConfig, num_classes: int, device: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """ENet weights of the fine classes and (with coarse labels) of the coarse groups; None without weighting."""
+    if not cfg.class_weighting:
+        return None, None
+    fine = torch.from_numpy(enet_class_weights(train.labels, num_classes)).to(device)
+    mapping = coarse_mapping(cfg.coarse_taxonomy)
+    if mapping is None:
+        return fine, None
+    groups = torch.from_numpy(coarse_class_weights(train.labels, mapping.target.num_classes)).to(device)
+    return fine, groups
+
+
+def coarse_mapping(taxonomy: str) -> TaxonomyMapping | None:
+    """The declared CamVid -> ``taxonomy`` mapping ("" -> None).
+
+    Raises:
+        ConfigError: unknown taxonomy or no declared mapping (names the ``coarse_taxonomy`` field).
+    """
+    if not taxonomy:
+        return None
+    from avminer.taxonomy import CAMVID, TAXONOMIES, TaxonomyError, mapping
+
+    try:
+        found = mapping(CAMVID, TAXONOMIES[taxonomy])
+    except KeyError:
+        raise ConfigError(f"unknown taxonomy {taxonomy!r}; known: {sorted(TAXONOMIES)}", "coarse_taxonomy") from None
+    except TaxonomyError as exc:
+        raise ConfigError(str(exc), "coarse_taxonomy") from exc
+    if found is None:
+        raise ConfigError("is the model's own taxonomy; coarse labels need another one", "coarse_taxonomy")
+    return found
 
 
 def _finish_distributed(model: Ensemble, ctx: DistContext) -> None:

@@ -1,0 +1,285 @@
+"""``avminer train report --adapt``: each adaptation method alone and combined, per condition, over seeds.
+
+Starts from a trained bundle (the day-only starter by default) and adapts it to Cambridge dusk and India
+(IDD-lite) with the methods of :mod:`avminer.trainer.adapt`, then scores every variant with the one
+evaluation (:func:`avminer.evaluation.segmentation.evaluate`) on held-out frames the adaptation never saw,
+in IDD's 7 level-1 groups (the common taxonomy: India is labeled in it).
+
+Splits (deterministic, :func:`adaptation_splits`):
+
+- source (labeled): CamVid ``train`` rows of the day sequences (what the starter was trained on);
+- day eval: CamVid ``val`` rows (0016E5);
+- dusk: sequence 0001TP in frame order, the first half to adapt on (unlabeled), the second half to
+  evaluate;
+- India: IDD-lite split *by sequence id* (crc32 of the id mod 3): adaptation sequences, evaluation
+  sequences and validation sequences (kept aside for choosing thresholds; not used by the report's fixed
+  settings).
+
+Rows: ``baseline`` (the bundle as it is), ``adabn``, ``synth``, ``pseudo``, ``synth+adabn``, ``synth+adabn+pseudo``,
+``labels50+pseudo`` (50 India adaptation frames picked by the ensemble's uncertainty — mean mutual
+information, as the miner ranks them — labeled in IDD's groups, plus pseudo-labels on the rest and on
+dusk), ``labels_all`` (every adaptation frame's label: India in IDD groups, dusk in CamVid classes).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avminer.errors import ConfigError, DatasetError
+from avminer.taxonomy import CAMVID, IDD_LEVEL1
+from avminer.trainer.data import LabeledFrames, load_camvid
+
+log = logging.getLogger(__name__)
+
+ROWS = ("baseline", "adabn", "synth", "pseudo", "synth+adabn", "synth+adabn+pseudo", "labels50+pseudo", "labels_all")
+"""Report rows (methods and label budgets), in table order."""
+
+CONDITIONS = ("cambridge_uk/day", "cambridge_uk/dusk", "india/day")
+
+THIN_ROLES = ("source", "day", "dusk", "india", "india_adapt")
+"""Roles :func:`adaptation_splits` can thin (keep every n-th frame)."""
+
+
+@dataclass
+class Splits:
+    """Frames of every role, at the model's input size."""
+
+    source: LabeledFrames
+    target: LabeledFrames  # unlabeled adaptation frames (dusk first half + India adaptation sequences)
+    dusk_labeled: LabeledFrames  # the dusk adaptation frames with their CamVid labels (labels_all only)
+    india_labeled: LabeledFrames  # India adaptation frames with IDD labels (coarse-encoded)
+    eval_slices: list[Any]  # avminer.evaluation.segmentation.EvalSlice per condition
+    india_val_frames: int
+
+
+def india_role(sequence: str) -> str:
+    """``adapt``, ``eval`` or ``val`` for an IDD-lite sequence id (deterministic, by crc32)."""
+    return ("adapt", "eval", "val")[zlib.crc32(f"idd-split/{sequence}".encode()) % 3]
+
+
+def _every(frames: LabeledFrames, step: int) -> LabeledFrames:
+    return frames if step <= 1 else frames.subset(range(0, len(frames), step))
+
+
+def adaptation_splits(camvid: Path, idd: Path, size: tuple[int, int], *, thin: dict[str, int] | None = None) -> Splits:
+    """Load the report's splits (see the module docstring); ``thin`` keeps every n-th frame of a role.
+
+    Raises:
+        DatasetError: a folder lacks the sequences the splits need.
+    """
+    from avminer.datasets.layout import read_layout
+    from avminer.evaluation.segmentation import EvalSlice
+    from avminer.taxonomy import CAMVID_TO_IDD_LEVEL1
+    from avminer.trainer.coarse import encode_coarse
+
+    thin = thin or {}
+    rows = read_layout(camvid)
+    day_seqs = sorted({r.sequence for r in rows if r.time_of_day == "day"})
+    dusk_rows = sorted((r for r in rows if r.time_of_day == "dusk"), key=lambda r: (r.sequence, r.frame_index or 0))
+    if not day_seqs or len(dusk_rows) < 4:
+        raise DatasetError(f"{camvid}: needs day sequences and at least 4 dusk frames (0001TP), found "
+                           f"day {day_seqs}, {len(dusk_rows)} dusk")
+    source = _every(load_camvid(camvid, size, splits=["train"], time_of_day=["day"]), thin.get("source", 1))
+    day_eval = _every(load_camvid(camvid, size, splits=["val"], time_of_day=["day"]), thin.get("day", 1))
+    dusk = load_camvid(camvid, size, time_of_day=["dusk"])
+    position = {r.frame_id: i for i, r in enumerate(dusk_rows)}  # frame order within the sequence
+    dusk = dusk.subset(np.argsort([position[f] for f in dusk.frame_ids], kind="stable"))
+    half = len(dusk) // 2
+    dusk_adapt, dusk_eval = dusk.subset(range(half)), _every(dusk.subset(range(half, len(dusk))), thin.get("dusk", 1))
+
+    idd_rows = read_layout(idd)
+    roles = {r.sequence: india_role(r.sequence) for r in idd_rows}
+    by_role = {role: sorted(s for s, x in roles.items() if x == role) for role in ("adapt", "eval", "val")}
+    if not by_role["adapt"] or not by_role["eval"]:
+        raise DatasetError(f"{idd}: too few sequences to split into adaptation and evaluation ({len(roles)})")
+    india_adapt = _every(load_camvid(idd, size, sequences=by_role["adapt"]), thin.get("india_adapt", 1))
+    india_eval = _every(load_camvid(idd, size, sequences=by_role["eval"]), thin.get("india", 1))
+    india_labeled = LabeledFrames(india_adapt.images, encode_coarse(india_adapt.labels, CAMVID_TO_IDD_LEVEL1, CAMVID.void),
+                                  list(india_adapt.frame_ids), list(india_adapt.slices), list(india_adapt.sequences))
+    target = LabeledFrames.concat([dusk_adapt, india_adapt])
+    slices = [EvalSlice("cambridge_uk/day", day_eval, CAMVID), EvalSlice("cambridge_uk/dusk", dusk_eval, CAMVID),
+              EvalSlice("india/day", india_eval, IDD_LEVEL1)]
+    val_frames = sum(1 for r in idd_rows if roles[r.sequence] == "val")
+    return Splits(source, target, dusk_adapt, india_labeled, slices, val_frames)
+
+
+@dataclass
+class AdaptReportConfig:
+    """Scale of the report.
+
+    Attributes:
+        camvid: CamVid-layout folder (day + dusk).
+        idd: IDD-lite folder (7 groups).
+        bundle: the model to adapt.
+        rows: report rows (subset of :data:`ROWS`).
+        seeds: one adaptation per seed and row (baseline: no seed).
+        epochs: fine-tuning epochs of the labeled/synthetic stage.
+        rounds: pseudo-label rounds.
+        lr: fine-tuning learning rate.
+        max_source_frames: source frames per training stage (seeded subset).
+        thin: every n-th frame per role (see :func:`adaptation_splits`).
+        label_budget: target frames labeled in ``labels50+pseudo``.
+        threads: torch threads.
+    """
+
+    camvid: Path
+    idd: Path
+    bundle: Path
+    rows: tuple[str, ...] = ROWS
+    seeds: tuple[int, ...] = (0, 1)
+    epochs: int = 2
+    rounds: int = 2
+    lr: float = 5e-4
+    max_source_frames: int | None = None
+    thin: dict[str, int] = field(default_factory=dict)
+    label_budget: int = 50
+    threads: int = 1
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = [r for r in self.rows if r not in ROWS]
+        if unknown:
+            raise ConfigError(f"unknown report row(s) {unknown}; known: {list(ROWS)}", "--methods")
+        if not self.seeds:
+            raise ConfigError("at least one seed", "--seeds")
+
+    @classmethod
+    def quick(cls, camvid: Path, idd: Path, bundle: Path, **overrides: Any) -> AdaptReportConfig:
+        """Minutes on two cores: thin splits, one seed, one epoch and one pseudo round, few rows."""
+        base: dict[str, Any] = dict(rows=("baseline", "adabn", "synth+adabn+pseudo"), seeds=(0,), epochs=1, rounds=1,
+                                    max_source_frames=24,
+                                    thin={"source": 1, "day": 6, "dusk": 3, "india": 24, "india_adapt": 12},
+                                    label_budget=10)
+        base.update(overrides)
+        return cls(camvid, idd, bundle, **base)
+
+
+@dataclass
+class AdaptRow:
+    """One row (method, seed): mIoU per condition in the common taxonomy and what it used."""
+
+    method: str
+    seed: int | None
+    miou: dict[str, float]
+    labels_used: int
+    target_labels_used: int
+    pseudo_frames: int
+    pseudo_pixel_share: float
+    seconds: float
+
+
+@dataclass
+class AdaptReport:
+    rows: list[AdaptRow]
+    config: dict[str, Any]
+    splits: dict[str, int]
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per method: mean and spread (max - min over seeds) per condition, and what it used."""
+        out = []
+        for method in dict.fromkeys(r.method for r in self.rows):
+            rs = [r for r in self.rows if r.method == method]
+            entry: dict[str, Any] = {"method": method, "seeds": [r.seed for r in rs]}
+            for cond in CONDITIONS:
+                vals = [r.miou.get(cond, float("nan")) for r in rs]
+                entry[cond] = {"mean": float(np.mean(vals)), "spread": float(np.max(vals) - np.min(vals)),
+                               "values": vals}
+            entry.update(labels_used=rs[0].labels_used, target_labels_used=rs[0].target_labels_used,
+                         pseudo_frames=rs[0].pseudo_frames,
+                         pseudo_pixel_share=float(np.mean([r.pseudo_pixel_share for r in rs])),
+                         seconds=float(np.mean([r.seconds for r in rs])))
+            out.append(entry)
+        return out
+
+    def table(self) -> str:
+        head = ["method", "seeds", *(f"mIoU {c}" for c in CONDITIONS), "labels (target)", "pseudo frames (pixels)",
+                "time s"]
+        lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        for e in self.summary():
+            cells = [e["method"], str(len(e["seeds"]))]
+            for cond in CONDITIONS:
+                m = e[cond]
+                cells.append(f"{m['mean']:.3f}" + (f" ± {m['spread'] / 2:.3f}" if len(e["seeds"]) > 1 else ""))
+            cells += [f"{e['labels_used']} ({e['target_labels_used']})",
+                      f"{e['pseudo_frames']} ({100 * e['pseudo_pixel_share']:.0f}%)", f"{e['seconds']:.0f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("mIoU in IDD's 7 level-1 groups on held-out frames; ± is half the range over seeds.")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"config": self.config, "splits": self.splits, "summary": self.summary(),
+                "rows": [vars(r) for r in self.rows]}
+
+
+def pick_by_uncertainty(model: Any, frames: LabeledFrames, budget: int) -> list[int]:
+    """Indices of the ``budget`` frames with the highest mean pixel mutual information of the ensemble."""
+    from avminer.trainer.adapt import ensemble_pixel_scores
+
+    _, _, mi = ensemble_pixel_scores(model, frames)
+    score = mi.reshape(len(frames), -1).mean(1)
+    return sorted(np.argsort(-score, kind="stable")[:budget].tolist())
+
+
+def run_adapt_report(cfg: AdaptReportConfig) -> AdaptReport:
+    """Adapt and score every (row, seed); see the module docstring."""
+    from avminer.engines.bundle import load_bundle
+    from avminer.evaluation.segmentation import ensemble_predictor, evaluate
+    from avminer.models import load_ensemble
+    from avminer.trainer.adapt import AdaptConfig, PseudoConfig, adapt
+    from avminer.trainer.train import TrainConfig, set_threads
+
+    set_threads(cfg.threads)
+    bundle = load_bundle(cfg.bundle)
+    if bundle.torch_path is None:
+        raise ConfigError(f"{cfg.bundle}: the bundle has no model.pt to fine-tune", "--model")
+    size = (bundle.input_height, bundle.input_width)
+    splits = adaptation_splits(cfg.camvid, cfg.idd, size, thin=cfg.thin)
+    base_model = load_ensemble(bundle.torch_path)
+
+    def score(model: Any) -> dict[str, float]:
+        report = evaluate(ensemble_predictor(model), splits.eval_slices)
+        return {s.condition: s.miou_common for s in report.slices}
+
+    rows: list[AdaptRow] = []
+    picked: list[int] | None = None
+    for row in cfg.rows:
+        if row == "baseline":
+            t0 = time.perf_counter()
+            rows.append(AdaptRow(row, None, score(base_model), 0, 0, 0, 0.0, time.perf_counter() - t0))
+            log.info("%s: %s", row, rows[-1].miou)
+            continue
+        for seed in cfg.seeds:
+            methods = {"labels50+pseudo": ("pseudo",), "labels_all": ()}.get(row, tuple(row.split("+")))
+            train = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, seed=seed, threads=cfg.threads, eval_every=10_000,
+                                progress=cfg.progress, coarse_taxonomy=IDD_LEVEL1.name)
+            acfg = AdaptConfig(methods, train=train, pseudo=PseudoConfig(rounds=cfg.rounds),
+                               max_source_frames=cfg.max_source_frames)
+            target, labeled = splits.target, None
+            if row == "labels50+pseudo":
+                if picked is None:
+                    picked = pick_by_uncertainty(base_model, splits.india_labeled, cfg.label_budget)
+                labeled = splits.india_labeled.subset(picked)
+                keep = set(labeled.frame_ids)
+                target = target.subset([i for i, f in enumerate(target.frame_ids) if f not in keep])
+            elif row == "labels_all":
+                labeled = LabeledFrames.concat([splits.india_labeled, splits.dusk_labeled])
+            model = copy.deepcopy(base_model)
+            _, record = adapt(model, splits.source, target, acfg, target_labeled=labeled)
+            rows.append(AdaptRow(row, seed, score(model), record.labels_used, record.target_labels_used,
+                                 len(record.pseudo_frames), record.pseudo_pixel_share, record.seconds))
+            log.info("%s seed %d: %s (%.0f s)", row, seed, rows[-1].miou, record.seconds)
+    conf = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()}
+    sizes = {"source": len(splits.source), "target_unlabeled": len(splits.target),
+             "india_adapt": len(splits.india_labeled), "dusk_adapt": len(splits.dusk_labeled),
+             **{f"eval:{s.condition}": len(s.frames) for s in splits.eval_slices},
+             "india_val_unused": splits.india_val_frames}
+    return AdaptReport(rows, conf, sizes)
+

@@ -1,0 +1,383 @@
+"""Domain adaptation of a trained ensemble to new conditions with few or no target labels.
+
+Three methods, composable (:func:`adapt`), applied to a model fine-tuned from an existing bundle:
+
+- ``synth``: train with synthetic conditions rendered on the labeled source frames
+  (:mod:`avminer.trainer.synth`; labels carry over).
+- ``adabn``: re-estimate every BatchNorm's statistics on unlabeled target frames (Li et al., "Revisiting
+  Batch Normalization For Practical Domain Adaptation", ICLR-W 2017). One model serves every condition,
+  so the statistics are re-estimated on the target frames pooled with an equal number of source frames
+  (``adabn_source_share``); 0 is the paper's target-only variant. Cheap: one forward pass, no labels.
+- ``pseudo``: self-training on unlabeled target frames, a few rounds. A pixel becomes a target only where
+  the members agree (mutual information below a quantile of the target pixels' MI) and the ensemble mean
+  is confident, with class-balanced thresholds: per predicted class, the confidence quantile that keeps
+  the top ``keep`` share of that class's pixels, so rare classes are not drowned by road and sky (Zou et
+  al., "Unsupervised Domain Adaptation for Semantic Segmentation via Class-Balanced Self-Training", ECCV
+  2018). ``keep`` grows each round as the model improves. Everything else is void.
+
+Target frames labeled in another taxonomy (IDD-lite's 7 groups) join the labeled set through the declared
+mapping (:mod:`avminer.trainer.coarse`). Pseudo-labeled frames are recorded as such, never as human labels
+(:attr:`AdaptRecord.pseudo_frames`; :func:`record_pseudo_labels` marks them in the catalog).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from avminer.errors import ConfigError, TrainerError
+from avminer.models.ensemble import Ensemble
+from avminer.trainer.data import VOID, LabeledFrames, batches, to_tensors
+from avminer.trainer.train import TrainConfig, train_ensemble
+
+log = logging.getLogger(__name__)
+
+METHODS = ("synth", "adabn", "pseudo")
+"""Adaptation methods, in the order :func:`adapt` applies them."""
+
+DEFAULT_SYNTH_MIX = {"fog": 0.1, "dusk": 0.3, "night": 0.1, "rain": 0.05}
+"""Synthetic share per condition when ``synth`` is on and no mix is given (as ``trainer.synth_mix``'s default;
+less than half the frames are rendered, the rest stay clear)."""
+
+
+def parse_methods(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``"synth,adabn"`` -> ("synth", "adabn") in :data:`METHODS` order; ``none`` or empty -> ().
+
+    Raises:
+        ConfigError: an unknown method (names ``--adapt``).
+    """
+    items = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
+    unknown = [m for m in items if m not in (*METHODS, "none")]
+    if unknown:
+        raise ConfigError(f"unknown adaptation method(s) {unknown}; known: {list(METHODS)} (comma-separated)", "--adapt")
+    return tuple(m for m in METHODS if m in items)
+
+
+@dataclass(frozen=True)
+class PseudoConfig:
+    """Self-training settings.
+
+    Attributes:
+        rounds: pseudo-label / retrain rounds.
+        keep: per-class share of a class's (agreeing) pixels kept in the first round.
+        keep_step: added to ``keep`` every round (capped at ``max_keep``).
+        max_keep: upper bound of ``keep``.
+        mi_quantile: pixels whose member disagreement (mutual information) is above this quantile of the
+            target pixels' MI are void.
+        max_threshold: a class's confidence threshold never exceeds this (keeps some pixels of every class
+            the model predicts confidently at all).
+        epochs_per_round: training epochs per round.
+    """
+
+    rounds: int = 2
+    keep: float = 0.2
+    keep_step: float = 0.15
+    max_keep: float = 0.5
+    mi_quantile: float = 0.5
+    max_threshold: float = 0.9
+    epochs_per_round: int = 1
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.rounds >= 1, "pseudo.rounds", f"must be >= 1, got {self.rounds}"),
+            (0 < self.keep <= 1, "pseudo.keep", f"must be in (0, 1], got {self.keep}"),
+            (self.keep_step >= 0, "pseudo.keep_step", f"must be >= 0, got {self.keep_step}"),
+            (0 < self.max_keep <= 1, "pseudo.max_keep", f"must be in (0, 1], got {self.max_keep}"),
+            (0 < self.mi_quantile <= 1, "pseudo.mi_quantile", f"must be in (0, 1], got {self.mi_quantile}"),
+            (0 < self.max_threshold <= 1, "pseudo.max_threshold", f"must be in (0, 1], got {self.max_threshold}"),
+            (self.epochs_per_round >= 1, "pseudo.epochs_per_round", f"must be >= 1, got {self.epochs_per_round}"),
+        ]
+        for ok, name, message in checks:
+            if not ok:
+                raise ConfigError(message, name)
+
+    def keep_at(self, round_index: int) -> float:
+        return min(self.max_keep, self.keep + self.keep_step * round_index)
+
+
+@dataclass
+class AdaptRecord:
+    """What an adaptation run did (for reports and provenance).
+
+    Attributes:
+        methods: the methods applied.
+        labels_used: labeled frames trained on (source + target, any taxonomy).
+        target_labels_used: of those, labeled target frames.
+        pseudo_frames: ids of the frames trained on with pseudo-labels (never human labels).
+        pseudo_pixels: pseudo-labeled pixels in the last round.
+        pseudo_pixel_share: their share of the target pixels.
+        rounds: per-round stats (keep share, thresholds, pixels).
+        seconds: wall time of the adaptation.
+    """
+
+    methods: tuple[str, ...]
+    labels_used: int = 0
+    target_labels_used: int = 0
+    pseudo_frames: list[str] = field(default_factory=list)
+    pseudo_pixels: int = 0
+    pseudo_pixel_share: float = 0.0
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"methods": list(self.methods), "labels_used": self.labels_used,
+                "target_labels_used": self.target_labels_used, "pseudo_frames": len(self.pseudo_frames),
+                "pseudo_pixels": self.pseudo_pixels, "pseudo_pixel_share": round(self.pseudo_pixel_share, 4),
+                "rounds": self.rounds, "seconds": round(self.seconds, 1)}
+
+
+# -- AdaBN ------------------------------------------------------------------------------------------------
+
+
+def adabn(model: Ensemble, frames: LabeledFrames, batch_size: int = 16) -> Ensemble:
+    """Re-estimate every BatchNorm's running mean and variance on ``frames`` (labels unused), in place.
+
+    The statistics become the exact average over the frames (cumulative moving average, ``momentum=None``)
+    rather than an exponential one; dropout stays off so the activations are the inference ones.
+    """
+    if len(frames) == 0:
+        raise TrainerError("AdaBN needs at least one target frame")
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    was_training = model.training
+    device = next(model.parameters()).device
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()
+        for module in model.modules():
+            if isinstance(module, nn.Dropout | nn.Dropout2d):
+                module.eval()
+        with torch.no_grad():
+            for index in batches(len(frames), batch_size, shuffle=False):
+                if len(index) < 2 and len(frames) >= 2:
+                    index = np.arange(len(frames) - 2, len(frames))  # a BN batch of one has no variance
+                images, _ = to_tensors(frames, index)
+                model.member_outputs(images.to(device))
+    finally:
+        for m, momentum in zip(norms, saved, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
+    return model
+
+
+# -- pseudo-labels ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class PseudoLabels:
+    """Pseudo-labeled target frames and how they were chosen."""
+
+    frames: LabeledFrames  # labels: fine class ids where kept, VOID elsewhere
+    thresholds: dict[int, float]  # class id -> confidence threshold
+    mi_threshold: float
+    pixels: int
+    share: float
+
+
+def ensemble_pixel_scores(
+    model: Ensemble, frames: LabeledFrames, batch_size: int = 16
+) -> tuple[NDArray[np.uint8], NDArray[np.float32], NDArray[np.float32]]:
+    """(predicted class [N, H, W], mean confidence [N, H, W], mutual information [N, H, W]) of the ensemble."""
+    n, (h, w) = len(frames), frames.size
+    pred = np.empty((n, h, w), np.uint8)
+    conf = np.empty((n, h, w), np.float32)
+    mi = np.empty((n, h, w), np.float32)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            for index in batches(n, batch_size, shuffle=False):
+                images, _ = to_tensors(frames, index)
+                probs, _ = model(images.to(device))  # [K, B, C, H, W]
+                probs = probs.float().cpu()
+                mean = probs.mean(0)  # [B, C, H, W]
+                total = -(mean * torch.log(mean.clamp_min(1e-12))).sum(1)  # [B, H, W] entropy of the mean
+                expected = -(probs * torch.log(probs.clamp_min(1e-12))).sum(2).mean(0)  # [B, H, W]
+                c, p = mean.max(1)
+                pred[index], conf[index] = p.numpy().astype(np.uint8), c.numpy()
+                mi[index] = (total - expected).clamp_min(0).numpy()
+    finally:
+        model.train(was_training)
+    return pred, conf, mi
+
+
+def class_balanced_pseudo_labels(
+    pred: NDArray[np.uint8], conf: NDArray[np.float32], mi: NDArray[np.float32], *, keep: float,
+    mi_quantile: float, max_threshold: float, num_classes: int, void: int = VOID,
+) -> tuple[NDArray[np.uint8], dict[int, float], float]:
+    """Pixel targets where members agree and the mean is confident, with a confidence threshold per class.
+
+    Args:
+        pred, conf, mi: per pixel (any shape, the same for all three).
+        keep: per class, the share of its agreeing pixels kept (the top ``keep`` by confidence).
+        mi_quantile: pixels with MI above this quantile of all pixels' MI are void.
+        max_threshold: cap of every class threshold.
+        num_classes: classes of ``pred``.
+        void: the label of everything not kept.
+
+    Returns:
+        (labels, class id -> threshold, the MI threshold).
+    """
+    mi_thr = float(np.quantile(mi, mi_quantile)) if mi_quantile < 1 else float("inf")
+    agree = mi <= mi_thr
+    thresholds: dict[int, float] = {}
+    labels = np.full(pred.shape, void, np.uint8)
+    for c in range(num_classes):
+        mask = agree & (pred == c)
+        if not mask.any():
+            continue
+        thr = min(float(np.quantile(conf[mask], 1.0 - keep)), max_threshold)
+        thresholds[c] = thr
+        labels[mask & (conf >= thr)] = c
+    return labels, thresholds, mi_thr
+
+
+def pseudo_label(model: Ensemble, frames: LabeledFrames, cfg: PseudoConfig, round_index: int = 0,
+                 batch_size: int = 16) -> PseudoLabels:
+    """Pseudo-label ``frames`` (their labels are ignored) with the ensemble at round ``round_index``."""
+    pred, conf, mi = ensemble_pixel_scores(model, frames, batch_size)
+    labels, thresholds, mi_thr = class_balanced_pseudo_labels(
+        pred, conf, mi, keep=cfg.keep_at(round_index), mi_quantile=cfg.mi_quantile,
+        max_threshold=cfg.max_threshold, num_classes=model.num_classes,
+    )
+    kept = int((labels != VOID).sum())
+    out = LabeledFrames(frames.images, labels, [f"{f}+pseudo" for f in frames.frame_ids], list(frames.slices),
+                        list(frames.sequences))
+    return PseudoLabels(out, thresholds, mi_thr, kept, kept / max(labels.size, 1))
+
+
+# -- the adaptation run -----------------------------------------------------------------------------------
+
+
+@dataclass
+class AdaptConfig:
+    """How to adapt.
+
+    Attributes:
+        methods: subset of :data:`METHODS`.
+        train: fine-tuning configuration (epochs: of the ``synth``/labels stage; lr small: we start trained).
+        pseudo: self-training settings.
+        adabn_source_share: AdaBN pools this many source frames per target frame (0: target only).
+        max_source_frames: at most this many source frames per epoch (a random, seeded subset; None: all).
+    """
+
+    methods: tuple[str, ...]
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, lr=5e-4, eval_every=1000))
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    adabn_source_share: float = 1.0
+    max_source_frames: int | None = None
+
+    def __post_init__(self) -> None:
+        self.methods = parse_methods(self.methods)
+        if self.adabn_source_share < 0:
+            raise ConfigError(f"must be >= 0, got {self.adabn_source_share}", "adabn_source_share")
+        if "synth" in self.methods and not self.train.synth_mix:
+            self.train = replace(self.train, synth_mix=dict(DEFAULT_SYNTH_MIX))
+        if "synth" not in self.methods and self.train.synth_mix:
+            self.train = replace(self.train, synth_mix={})
+
+
+def _subsample(frames: LabeledFrames, limit: int | None, seed: int) -> LabeledFrames:
+    if limit is None or len(frames) <= limit:
+        return frames
+    return frames.subset(np.sort(np.random.default_rng(seed).choice(len(frames), limit, replace=False)))
+
+
+def _adabn_pool(source: LabeledFrames, target: LabeledFrames, share: float, seed: int) -> LabeledFrames:
+    extra = int(round(len(target) * share))
+    if extra == 0:
+        return target
+    return LabeledFrames.concat([target, _subsample(source, extra, seed)])
+
+
+def adapt(
+    model: Ensemble,
+    source: LabeledFrames,
+    target: LabeledFrames,
+    cfg: AdaptConfig,
+    *,
+    target_labeled: LabeledFrames | None = None,
+    work_dir: Any = None,
+) -> tuple[Ensemble, AdaptRecord]:
+    """Adapt a trained ensemble towards the ``target`` frames, in place.
+
+    Args:
+        model: the trained ensemble (fine-tuned from its weights).
+        source: labeled source frames (fine CamVid ids).
+        target: unlabeled target frames (labels ignored), every target condition pooled.
+        cfg: methods and settings.
+        target_labeled: labeled target frames (fine ids, or coarse ones encoded by
+            :func:`avminer.trainer.coarse.encode_coarse` with ``cfg.train.coarse_taxonomy`` set).
+        work_dir: unused by design (fine-tuning runs are short and not resumed); kept None.
+
+    Returns:
+        The model and the record of what was done.
+    """
+    del work_dir
+    t0 = time.perf_counter()
+    record = AdaptRecord(cfg.methods)
+    labeled = source if target_labeled is None or not len(target_labeled) else LabeledFrames.concat([source, target_labeled])
+    record.target_labels_used = 0 if target_labeled is None else len(target_labeled)
+    train_cfg = cfg.train
+    stage = 0
+
+    def fit(frames: LabeledFrames, epochs: int) -> None:
+        nonlocal stage
+        picked = frames
+        if cfg.max_source_frames is not None:
+            # Source frames subsampled, target frames (labeled or pseudo) all kept.
+            is_source = np.array([fid in source_ids for fid in frames.frame_ids])
+            src_idx = np.flatnonzero(is_source)
+            if len(src_idx) > cfg.max_source_frames:
+                rng = np.random.default_rng([train_cfg.seed, stage])
+                src_idx = rng.choice(src_idx, cfg.max_source_frames, replace=False)
+            picked = frames.subset(np.sort(np.concatenate([src_idx, np.flatnonzero(~is_source)])))
+        used.update(f for f in picked.frame_ids if not f.endswith("+pseudo"))
+        train_ensemble(model, picked, replace(train_cfg, epochs=epochs, seed=train_cfg.seed + stage), None,
+                       resume=False)
+        stage += 1
+
+    source_ids = set(source.frame_ids)
+    used: set[str] = set()  # labeled frames (source or target, not pseudo) any stage trained on
+    # Stage 1: labels (source, labeled target) with synthetic conditions if asked.
+    if "synth" in cfg.methods or record.target_labels_used:
+        fit(labeled, train_cfg.epochs)
+    if "adabn" in cfg.methods:
+        adabn(model, _adabn_pool(source, target, cfg.adabn_source_share, train_cfg.seed), train_cfg.eval_batch)
+    if "pseudo" in cfg.methods:
+        for r in range(cfg.pseudo.rounds):
+            pl = pseudo_label(model, target, cfg.pseudo, r, train_cfg.eval_batch)
+            record.rounds.append({"round": r + 1, "keep": cfg.pseudo.keep_at(r), "pixels": pl.pixels,
+                                  "share": round(pl.share, 4), "mi_threshold": pl.mi_threshold,
+                                  "thresholds": {str(k): round(v, 4) for k, v in pl.thresholds.items()}})
+            log.info("pseudo-label round %d: %.1f%% of target pixels kept", r + 1, 100 * pl.share)
+            fit(LabeledFrames.concat([labeled, pl.frames]), cfg.pseudo.epochs_per_round)
+            record.pseudo_frames = list(pl.frames.frame_ids)
+            record.pseudo_pixels, record.pseudo_pixel_share = pl.pixels, pl.share
+        if "adabn" in cfg.methods:  # training moved the statistics towards the training mix; re-estimate
+            adabn(model, _adabn_pool(source, target, cfg.adabn_source_share, train_cfg.seed), train_cfg.eval_batch)
+    record.labels_used = len(used)
+    model.eval().cpu()
+    record.seconds = time.perf_counter() - t0
+    return model, record
+
+
+def record_pseudo_labels(catalog: Any, frame_ids: Sequence[str], model_version: str) -> int:
+    """Mark ``frame_ids`` (suffix ``+pseudo`` stripped) as pseudo-labeled by ``model_version`` in the catalog.
+
+    Returns:
+        How many catalog samples were marked (frames the catalog does not know are skipped).
+    """
+    ids = [f.removesuffix("+pseudo") for f in frame_ids]
+    return int(catalog.mark_pseudo_labeled(ids, model_version))

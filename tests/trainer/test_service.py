@@ -34,8 +34,9 @@ def fleet(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A sqlite catalog with 10 labeled samples (frames and masks as files) and a tiny production bundle."""
     catalog = open_catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
     frames = make_frames(10, slices=("day/clear/a", "dusk/clear/a"))
-    blobs = tmp_path / "blobs"
-    blobs.mkdir()
+    # Under sinks.output_dir, where the miner's local store puts them: the trainer reads nowhere else.
+    blobs = tmp_path / "out" / "blobs"
+    blobs.mkdir(parents=True)
     for i, sid in enumerate(f"s{i:02d}" for i in range(10)):
         (blobs / f"{sid}.png").write_bytes(png(frames.images[i]))
         (blobs / f"{sid}_mask.png").write_bytes(png(frames.labels[i]))

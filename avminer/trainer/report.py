@@ -44,6 +44,7 @@ from torch import nn
 from avminer.errors import TrainerError
 from avminer.models.arch import erfnet_arch
 from avminer.models.ensemble import Ensemble, build_ensemble
+from avminer.taxonomy import CAMVID
 from avminer.trainer.data import NUM_CLASSES, LabeledFrames
 from avminer.trainer.expandnet import contract_ensemble, contraction_error, expand_model
 from avminer.trainer.lowrank import NuclearNorm, lowrank_ensemble
@@ -235,11 +236,14 @@ def ort_latency_ms(model: Ensemble, input_hw: tuple[int, int], runs: int = 20, t
     import numpy as np
     import onnxruntime as ort
 
-    from avminer.engines.export import export_onnx
+    from avminer.engines.contract import HeadSpec
+    from avminer.engines.export import compact_model, export_onnx
     from avminer.errors import EngineError
 
+    # The graph the miner runs: the members plus the in-graph scoring head (what a release exports).
+    head = HeadSpec.for_classes(CAMVID.classes)
     try:
-        onnx_bytes = export_onnx(copy.deepcopy(model), input_hw)
+        onnx_bytes = export_onnx(compact_model(copy.deepcopy(model), head, input_hw, with_probs=True), input_hw)
     except EngineError as exc:
         log.warning("ONNX export failed, no ORT latency: %s", exc)
         return float("nan")

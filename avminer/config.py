@@ -226,8 +226,21 @@ class ScoringSettings:
     geohash_precision: int = field(default=4, metadata=_help("Geohash prefix length when no region matches."))
 
 
+SELECTION_POLICIES = ("full", "adaptive", "adaptive_mi", "random", "entropy", "mi")
+"""Names ``selection.policy`` accepts (built by :func:`avminer.selection.registry.make_policy`)."""
+
+
 @dataclass
 class SelectionSettings:
+    policy: str = field(
+        default="full",
+        metadata=_help(
+            "Selection policy: full (per-slice thresholds, static rates), adaptive (full, but unfamiliarity is"
+            " ranked fleet-wide so budgets follow it), adaptive_mi (adaptive, uncertainty ranked fleet-wide"
+            " too), or a baseline: random, entropy, mi."
+        ),
+    )
+    seed: int = field(default=0, metadata=_help("Seed of the random baseline's draws."))
     target_rate: float = field(default=0.001, metadata=_help("Fraction of frames mined per slice."))
     slice_rates: dict[str, float] = field(
         default_factory=lambda: {"dusk/*/*": 0.005, "night/*/*": 0.005, "*/fog/*": 0.005, "*/rain/*": 0.005,
@@ -392,6 +405,8 @@ class Settings:
         """Check cross-field constraints; raise :class:`ConfigError` naming the field."""
         checks: list[tuple[bool, str, str]] = [
             (0 < self.selection.target_rate <= 1, "selection.target_rate", "must be in (0, 1]"),
+            (self.selection.policy in SELECTION_POLICIES, "selection.policy",
+             f"must be one of {', '.join(SELECTION_POLICIES)}"),
             (self.batcher.max_batch >= 1, "batcher.max_batch", "must be >= 1"),
             (self.batcher.max_wait_ms >= 0, "batcher.max_wait_ms", "must be >= 0"),
             (self.batcher.queue_size >= 1, "batcher.queue_size", "must be >= 1"),

@@ -35,6 +35,69 @@ def register(sub: Any) -> None:
     cam.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded variants (default 90)")
     cam.add_argument("--no-progress", action="store_true", help="no progress bar")
     cam.set_defaults(func=_camvid)
+    _register_fleet(ds)
+
+
+def _register_fleet(ds: Any) -> None:
+    fleet = ds.add_parser(
+        "fleet",
+        help="a fleet-like stream (mostly day, a few %% dusk/fog/night/new region, standstills) + held-out folders",
+        description=(
+            "Write a deterministic fleet drive log mixing CamVid-layout sources with the condition shares "
+            "given, its ground-truth side file, the base training folder and held-out evaluation folders "
+            "(never a frame in both); see avminer.datasets.fleet for the split."
+        ),
+    )
+    fleet.add_argument("camvid", metavar="CAMVID_DIR", help="CamVid-layout folder (day rows with a val split, dusk)")
+    fleet.add_argument("--region", metavar="DIR", help="CamVid-layout folder of a new geography (e.g. IDD-lite)")
+    fleet.add_argument("--out", required=True, help="output directory")
+    fleet.add_argument("--frames", type=int, default=3000, help="camera frames in the stream (default 3000)")
+    fleet.add_argument("--share", action="append", default=[], metavar="COND=FRACTION",
+                       help="share of a rare condition (dusk, fog, night, new_region); repeatable; defaults "
+                            "dusk=0.02 fog=0.02 night=0.01 new_region=0.02 (new_region 0 without --region)")
+    fleet.add_argument("--fog-betas", default="0.01,0.02,0.05", help="fog densities in 1/m (default 0.01,0.02,0.05)")
+    fleet.add_argument("--vehicles", type=int, default=4, help="vehicles (default 4)")
+    fleet.add_argument("--standstill", type=float, default=0.15,
+                       help="probability that a frame starts a standstill (repeated, jittered; default 0.15)")
+    fleet.add_argument("--eval-region-frames", type=int, default=150,
+                       help="at most this many held-out new-region frames (default 150)")
+    fleet.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    fleet.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fleet.set_defaults(func=_fleet)
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from avminer.datasets.fleet import FleetSpec, build_fleet
+    from avminer.errors import DatasetError
+
+    shares = dict(FleetSpec().shares)
+    if not args.region:
+        shares["new_region"] = 0.0
+    for item in args.share:
+        name, sep, value = item.partition("=")
+        try:
+            shares[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise DatasetError(f"--share {item!r}: expected COND=FRACTION, e.g. dusk=0.02")
+    try:
+        betas = tuple(float(b) for b in args.fog_betas.split(",") if b.strip())
+    except ValueError as exc:
+        raise DatasetError(f"--fog-betas {args.fog_betas!r}: {exc}") from exc
+    spec = FleetSpec(frames=args.frames, shares=shares, fog_betas=betas, vehicles=args.vehicles,
+                     standstill=args.standstill, seed=args.seed,
+                     eval_region_frames=args.eval_region_frames).validate()
+    with tqdm(total=spec.frames, unit="frame", file=sys.stderr, disable=args.no_progress or None) as bar:
+        summary = build_fleet(args.camvid, args.out, spec, region=args.region, progress=bar.update)
+    shares_seen = ", ".join(f"{c} {n} ({n / summary.frames:.1%}, {summary.distinct_by_condition.get(c, 0)} distinct)"
+                            for c, n in summary.by_condition.items())
+    print(f"wrote {summary.stream}: {summary.frames} frames: {shares_seen}")
+    print(f"ground truth: {summary.ground_truth}; base data: {summary.base}")
+    print(f"held out: {', '.join(str(p) for p in summary.eval_folders)}; index: {summary.index}")
+    return 0
 
 
 def _camvid(args: argparse.Namespace) -> int:

@@ -361,6 +361,8 @@ class GroundTruthWriter(_FileWriter):
         void: the ignore id of the labels (``avminer.void``), if any.
         drive: drive name for the header.
         created, sync_marker: as for :class:`DriveLogWriter` (reproducible files).
+        metadata: extra header entries, stored as ``avminer.<key>`` (e.g. ``frame_taxonomies``, see
+            :func:`ground_truth_taxonomies`).
     """
 
     def __init__(
@@ -372,6 +374,7 @@ class GroundTruthWriter(_FileWriter):
         drive: str = "",
         created: str | None = None,
         sync_marker: bytes | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
         self.path = Path(path)
         header = {
@@ -382,6 +385,7 @@ class GroundTruthWriter(_FileWriter):
         }
         if void is not None:
             header["avminer.void"] = str(void)
+        header.update({f"avminer.{k}": str(v) for k, v in (metadata or {}).items()})
         self.count = 0
         self._seen: set[str] = set()
         self._out: _AtomicOcfWriter | None = _AtomicOcfWriter(
@@ -441,3 +445,23 @@ def ground_truth_classes(path: str | os.PathLike[str]) -> tuple[list[str], int |
     except (ValueError, TypeError) as exc:
         raise DriveLogError(f"{path}: bad class metadata in the header: {exc}") from exc
     return classes, void
+
+
+def ground_truth_taxonomies(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Frame id -> taxonomy name, for frames labeled in another taxonomy than the side file's header classes.
+
+    Read from the header entry ``avminer.frame_taxonomies`` (a JSON object; absent: every frame is in the
+    header's taxonomy, an empty dict).
+
+    Raises:
+        DriveLogError: the side file is unreadable or the entry is not a JSON object of strings.
+    """
+    with _open_container(_side_file(path), GROUND_TRUTH_LABEL, "ground-truth side file") as reader:
+        raw = _text(reader.metadata.get("avminer.frame_taxonomies", "{}"))
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise DriveLogError(f"{path}: header avminer.frame_taxonomies is not JSON: {exc}") from exc
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise DriveLogError(f"{path}: header avminer.frame_taxonomies must map frame ids to taxonomy names")
+    return data

@@ -213,6 +213,7 @@ def run_miner(
     on_decided: Callable[[list[DecidedFrame]], None] | None = None,
     handle_signals: bool = True,
     serve_metrics: bool = True,
+    policy: Any = None,
 ) -> PipelineStats:
     """Run a miner until its input ends (embedded) or it is stopped (signal or ``stop``).
 
@@ -226,11 +227,13 @@ def run_miner(
         on_decided: called with every decided batch (the demo's report).
         handle_signals: install SIGTERM/SIGINT handlers (main thread only).
         serve_metrics: start the /metrics endpoint on ``metrics.address:metrics.port``.
+        policy: a selection policy to keep using (a backtest's miner lives across rounds and releases);
+            default: a new one, the one ``selection.policy`` names.
 
     Raises:
         MiningError: the pipeline failed for good (offsets of finished work are committed first).
     """
-    from avminer.selection.policy import SelectionPolicy
+    from avminer.selection.registry import make_policy
 
     stop = stop or threading.Event()
     if serve_metrics and settings.metrics.port:
@@ -247,7 +250,7 @@ def run_miner(
     parts: _Parts | None = None
     try:
         parts = _open_parts(settings, drive_log, frames, repeat)
-        policy = SelectionPolicy(settings.selection)
+        policy = policy if policy is not None else make_policy(settings.selection)
         if not settings.embedded:
             if hasattr(holder, "load_async"):
                 follower = ReleaseFollower(settings, holder).start()

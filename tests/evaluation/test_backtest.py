@@ -1,0 +1,131 @@
+"""The closed-loop backtest on the product's code: a quick run end to end, determinism, the summary maths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avminer.config import load_settings
+from avminer.datasets.fleet import FleetSpec, build_fleet
+from avminer.evaluation.backtest import (
+    _Data,
+    _interp_labels_to_reach,
+    mine_segment,
+    quick_config,
+    run_backtest,
+    run_settings,
+    summarise,
+    write_report,
+)
+from avminer.taxonomy import CAMVID, CAMVID_TO_IDD_LEVEL1, IDD_LEVEL1
+from avminer.trainer.mapped_labels import lift_labels
+from tests.datasets.test_fleet import make_folder
+
+pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("fleet")
+    day = [("D1", str(i), "day", "train") for i in range(20)] + [("D2", str(i), "day", "val") for i in range(4)]
+    dusk = [("K1", str(i), "dusk", "train") for i in range(8)]
+    camvid = make_folder(root / "camvid", CAMVID, day + dusk, "cambridge_uk")
+    region = make_folder(root / "idd", IDD_LEVEL1, [(str(s), str(i), "day", "train") for s in range(8) for i in range(3)],
+                         "india", weather=True)
+    spec = FleetSpec(frames=240, shares={"dusk": 0.05, "fog": 0.05, "night": 0.03, "new_region": 0.05}, seed=1,
+                     eval_region_frames=4)
+    build_fleet(camvid, root / "out", spec, region=region)
+    return root / "out"
+
+
+def _cfg(fleet: Path, out: Path, **changes: object):
+    return quick_config(stream=fleet / "stream.avro", base=fleet / "base",
+                        eval_folders=sorted(fleet.glob("eval-*")), out=out, budget=0.1, **changes).validate()
+
+
+def test_quick_backtest_end_to_end(fleet: Path, tmp_path: Path) -> None:
+    cfg = _cfg(fleet, tmp_path / "bt", strategies=["random", "mi", "adaptive"])
+    settings = load_settings(None, environ={}, overrides={"selection": {"warmup_frames": 40}})
+    report = run_backtest(cfg, settings)
+    assert set(report["strategies"]) == {"random", "mi", "adaptive"}
+    assert report["stream_by_condition"]["day"] == 197 and report["rare_stream_share"] == pytest.approx(0.18, abs=0.01)
+    for name, s in report["strategies"].items():
+        assert [c["round"] for c in s["curve"]] == [1, 2], name
+        assert all(0.0 <= c["worst"] <= 1.0 for c in s["curve"])
+    run = next(r for r in report["runs"] if r["strategy"] == "random")
+    assert sum(row["labels"] for row in run["rounds"]) > 0  # the oracle answered the miner's requests
+    conditions = set(run["rounds"][-1]["eval"]["conditions"])
+    # India is scored in its own taxonomy; fog and night copies only of the CamVid folder.
+    assert {"cambridge_uk/day", "cambridge_uk/dusk", "cambridge_uk/fog0.05", "cambridge_uk/night",
+            "india/day"} <= conditions and not any(c.startswith("india/fog") for c in conditions)
+    assert "adaptive" in report["goals"]
+    # A resumed backtest with the same settings reuses the finished runs instead of running them again.
+    again = run_backtest(cfg, settings, report_only=True)
+    assert again["runs"] == report["runs"]
+    jpath, ppath = write_report(report, tmp_path / "bt")
+    assert json.loads(jpath.read_text())["strategies"].keys() == report["strategies"].keys()
+    assert ppath.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("strategy", ["full", "random"])
+def test_same_seed_stream_and_settings_give_the_same_selections(fleet: Path, tmp_path: Path, strategy: str) -> None:
+    from avminer.engines.hotswap import EngineHolder
+    from avminer.selection.registry import make_policy
+
+    cfg = _cfg(fleet, tmp_path / "bt", strategies=[strategy])
+    settings = load_settings(None, environ={}, overrides={"selection": {"warmup_frames": 40}})
+    data = _Data(cfg)
+
+    def mined(run: int) -> list[str]:
+        s = run_settings(settings, cfg, strategy, seed=0, out=tmp_path / f"run{run}")
+        holder = EngineHolder.from_settings(s)
+        try:
+            assert holder.load(data.initial).ok
+            _, decided = mine_segment(s, holder, make_policy(s.selection), data.segments[0].path)
+        finally:
+            holder.close()
+        assert len(decided) == data.segments[0].frames
+        return [d.decision.sample_id for d in decided if d.decision.mined]
+
+    first = mined(1)
+    assert first and first == mined(2)
+
+
+def test_lifted_labels_keep_one_to_one_groups_only() -> None:
+    groups = np.array([[0, 1, 2, 3], [4, 5, 6, 7]], np.uint8)  # drivable .. sky, void 7
+    lifted = lift_labels(groups, CAMVID_TO_IDD_LEVEL1)
+    names = {int(v): (CAMVID.classes[v] if v < CAMVID.num_classes else "void") for v in np.unique(lifted)}
+    assert [names[int(v)] for v in lifted.ravel()] == [
+        "road", "sidewalk", "void", "car", "void", "void", "sky", "void"]
+
+
+def test_summary_measures_reach_and_spread() -> None:
+    assert _interp_labels_to_reach([0, 10, 20], [0.1, 0.2, 0.4], 0.3) == pytest.approx(15.0)
+    assert _interp_labels_to_reach([0, 10], [0.1, 0.2], 0.5) is None
+
+    def run(strategy: str, seed: int, worst: list[float], labels: list[int]) -> dict:
+        rounds = []
+        for w, n in zip(worst, labels, strict=True):
+            rounds.append({"worst": w, "labels_total": n, "worst_condition": "x/dusk", "released": True,
+                           "seconds": {"total": 1.0}, "bought_by_condition": {"dusk": 2, "day": 2} if strategy == "adaptive"
+                           else {"day": 4}, "eval": {"conditions": {"x/day": {"miou_common": 0.5},
+                                                                    "x/dusk": {"miou_common": w}}}})
+        return {"strategy": strategy, "seed": seed, "rounds": rounds}
+
+    runs = [run("random", 0, [0.10, 0.20], [10, 20]), run("random", 1, [0.12, 0.22], [10, 20]),
+            run("adaptive", 0, [0.30, 0.40], [5, 10]), run("adaptive", 1, [0.31, 0.41], [5, 10])]
+    cfg = quick_config(stream=Path("s"), base=Path("b"), eval_folders=[Path("e")], strategies=["random", "adaptive"])
+    report = summarise(runs, {"worst_miou_common": 0.05, "worst_condition": "x/dusk"}, {"day": 95, "dusk": 5}, cfg)
+    goals = report["goals"]["adaptive"]
+    assert goals["random_final_worst"] == pytest.approx(0.21)
+    assert goals["labels_to_reach_random_final"] == pytest.approx(0.16 / 0.255 * 5, rel=1e-6)
+    assert goals["beats_by_more_than_spread"]["random"] == [True, True]
+    assert report["strategies"]["adaptive"]["rare_buy_ratio"] == pytest.approx(0.5 / 0.05)
+    assert report["strategies"]["random"]["curve"][1]["worst_min"] == pytest.approx(0.20)
+    # Random never beat the starting model: "reaching random's final figure" is then not a win.
+    flat = summarise(runs, {"worst_miou_common": 0.5, "worst_condition": "x/dusk"}, {"day": 95, "dusk": 5}, cfg)
+    assert flat["goals"]["adaptive"]["labels_to_reach_random_final"] is None
+    assert flat["goals"]["adaptive"]["random_improved_worst"] is False

@@ -18,12 +18,13 @@ sits on the line that declares it; split by section, a field's default, help and
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -80,6 +81,9 @@ class KafkaSettings:
     ssl_cafile: str | None = field(default=None, metadata=_help("CA bundle for TLS."))
     ssl_certfile: str | None = field(default=None, metadata=_help("Client certificate for mutual TLS."))
     ssl_keyfile: str | None = field(default=None, metadata=_help("Client key for mutual TLS."))
+    ssl_password: Secret | None = field(
+        default=None, metadata=_help("Password of an encrypted ssl_keyfile (secret).")
+    )
     max_poll_interval_ms: int = field(
         default=10000,
         metadata=_help(
@@ -111,8 +115,10 @@ class KafkaSettings:
             value = getattr(self, name)
             if value is not None:
                 kw[name] = value
-        if self.sasl_plain_password is not None:
-            kw["sasl_plain_password"] = self.sasl_plain_password.get()
+        for name in ("sasl_plain_password", "ssl_password"):
+            secret = getattr(self, name)
+            if secret is not None:
+                kw[name] = secret.get()
         kw.update(self.extra)
         return kw
 
@@ -510,6 +516,52 @@ def mask_url(text: str) -> str:
     Catalog URLs (``postgresql://miner:pw@db/avminer``) are printed and logged; their password is not.
     """
     return re.sub(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@", r"\g<head>***@", text)
+
+
+def _masked_values(plain: Any, masked: Any) -> Iterator[str]:
+    """The plaintext of every value ``as_dict`` masks, from its plaintext and masked trees side by side."""
+    if masked == "***" and plain not in (None, "", "***"):
+        if isinstance(plain, dict | list):
+            yield from _masked_values(plain, None)  # a secret-named mapping: every value in it
+        else:
+            yield str(plain)
+    elif isinstance(plain, dict):
+        for key, value in plain.items():
+            yield from _masked_values(value, masked.get(key) if isinstance(masked, dict) else "***")
+    elif isinstance(plain, list):
+        for i, value in enumerate(plain):
+            yield from _masked_values(value, masked[i] if isinstance(masked, list) and i < len(masked) else "***")
+
+
+class SecretFilter(logging.Filter):
+    """Replaces every secret of the settings by ``***`` in log records, whoever logs them.
+
+    Installed on the log handlers by the ``avminer`` command: client libraries log their own
+    configuration (kafka-python's admin client prints its keyword arguments, passwords included, at
+    DEBUG), and an exception text may quote a URL with its password.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        # A secret is whatever as_dict masks (Secret fields, secret-named kafka.extra keys); URLs: mask_url.
+        found = set(_masked_values(settings.as_dict(plaintext_secrets=True), settings.as_dict()))
+        # Values under 4 characters (a user name inside a masked jaas mapping) would mask every
+        # occurrence of a letter or a word in every line; no real password is that short.
+        self._secrets = sorted((v for v in found if len(v) >= 4), key=len, reverse=True)  # longest first
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return mask_url(text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self.redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+        return True
 
 
 T = TypeVar("T")

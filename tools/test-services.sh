@@ -2,7 +2,8 @@
 # What the test suite needs from the machine, set up if missing (`make test` and `.ci/run` call it):
 #   - PostgreSQL on 127.0.0.1:5432 (catalog tests): the machine's cluster, started if it is down;
 #   - prometheus + promtool (observability tests): Debian's `prometheus` package, installed if missing;
-#   - chromium + chromedriver (the report's browser test): Debian's `chromium` and `chromium-driver`.
+#   - chromium + chromedriver (the report's browser test): Debian's `chromium` and `chromium-driver`;
+#   - stunnel (the Kafka TLS tests' terminator in front of tansu): Debian's `stunnel4`.
 # Packages come from apt-get (run as root, or with sudo available); nothing is installed if already there.
 # The Kafka-protocol broker and the S3 server are not here: the tests start their own from wheels.
 set -euo pipefail
@@ -43,4 +44,9 @@ fi
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
   echo "== installing chromium and chromium-driver (Debian packages, for the report's browser test)"
   apt_install chromium chromium-driver
+fi
+
+if ! command -v stunnel4 >/dev/null && ! command -v stunnel >/dev/null; then
+  echo "== installing stunnel4 (Debian package, the TLS terminator of the Kafka TLS tests)"
+  apt_install stunnel4
 fi

@@ -29,24 +29,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configured_level(args: argparse.Namespace) -> int:
-    """``log_level`` of the settings; INFO when they do not load (the command then reports why)."""
-    from avminer.config import load_settings
+def _configure_logging(args: argparse.Namespace) -> None:
+    """Log to stderr at ``log_level`` (INFO when the settings do not load: the command then reports why).
 
+    Every handler masks the settings' secrets, whichever library logs them.
+    """
+    from avminer.config import SecretFilter, load_settings
+
+    level = logging.INFO
     try:
-        return int(logging.getLevelName(load_settings(getattr(args, "config", None)).log_level.upper()))
+        settings = load_settings(getattr(args, "config", None))
+        level = int(logging.getLevelName(settings.log_level.upper()))
     except (AvminerError, ValueError):
-        return logging.INFO
+        settings = None
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if settings is not None:
+        secrets = SecretFilter(settings)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(secrets)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else _configured_level(args),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    _configure_logging(args)
     try:
         rc = args.func(args)
     except AvminerError as exc:

@@ -164,11 +164,13 @@ class LabelResultConsumer:
         consumer_overrides: dict[str, Any] | None = None,
     ) -> None:
         from avminer.sinks.kafka_topic import make_producer
+        from avminer.sources.kafka_tls import check_kafka_tls
 
         self.settings = settings
         self.applier = applier
         self.topic = settings.topics.label_results
         self.dlq_topic = settings.topics.dead_letter
+        check_kafka_tls(settings.kafka)  # wrong TLS settings: one line now, not a client's retry loop
         self.consumer = make_consumer(settings, self.topic, group_id, **(consumer_overrides or {}))
         self.producer = make_producer(settings.kafka)
         self.stats = ConsumeStats()

@@ -90,7 +90,10 @@ def _open_parts(settings: Settings, drive_log: str | Path | None, frames: int | 
     else:
         from avminer.sinks.kafka_topic import make_producer
         from avminer.sources.kafka import KafkaSource
+        from avminer.sources.kafka_tls import check_kafka_tls
 
+        # Wrong TLS settings would only show as a client retrying its bootstrap: fail with the reason instead.
+        check_kafka_tls(settings.kafka)
         producer = make_producer(settings.kafka)
         closers.append(lambda: producer.close(timeout=5))
         writer = open_writer(settings, catalog, Shared(producer=producer))

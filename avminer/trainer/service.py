@@ -356,6 +356,9 @@ class TrainerService:
         if self.settings.kafka.bootstrap_servers:
             from kafka import KafkaConsumer
 
+            from avminer.sources.kafka_tls import check_kafka_tls
+
+            check_kafka_tls(self.settings.kafka)  # wrong TLS settings: one line now, not a client's retry loop
             consumer = KafkaConsumer(
                 self.settings.topics.label_results, group_id="avminer-trainer",
                 **self.settings.kafka.client_kwargs(), enable_auto_commit=True,

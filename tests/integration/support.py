@@ -75,13 +75,14 @@ class TopicReader:
     rather than a group join per check.
     """
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, **client: Any) -> None:
         from kafka import KafkaConsumer, TopicPartition
 
         self.topic = topic
         self.records: list[Any] = []
+        # client: more kafka-python settings (the TLS tests' security settings).
         self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                       auto_offset_reset="earliest")
+                                       auto_offset_reset="earliest", **client)
         deadline = time.monotonic() + 30
         parts = self._consumer.partitions_for_topic(topic)
         while not parts and time.monotonic() < deadline:

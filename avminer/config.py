@@ -199,6 +199,11 @@ class EngineSettings:
         default="auto",
         metadata=_help("torch backend: torch.compile at load: on, off, or auto (on for CUDA; eager if it fails)."),
     )
+    mc_dropout_samples: int = field(
+        default=0,
+        metadata=_help("torch backend: > 0 scores by Monte-Carlo dropout (T passes of the first member; MI becomes"
+                       " BALD) instead of the ensemble: the `bald` baseline of `avminer backtest`. 0: off."),
+    )
     cache_dir: str = field(
         default="~/.cache/avminer/bundles", metadata=_help("Where released bundles are downloaded to.")
     )
@@ -232,7 +237,7 @@ class ScoringSettings:
     geohash_precision: int = field(default=4, metadata=_help("Geohash prefix length when no region matches."))
 
 
-SELECTION_POLICIES = ("full", "adaptive", "adaptive_mi", "random", "entropy", "mi")
+SELECTION_POLICIES = ("full", "adaptive", "adaptive_mi", "random", "entropy", "mi", "bald")
 """Names ``selection.policy`` accepts (built by :func:`avminer.selection.registry.make_policy`)."""
 
 
@@ -423,6 +428,10 @@ class Settings:
             (self.engine.precision in {None, "fp32", "fp16", "bf16"}, "engine.precision",
              "must be fp32, fp16 or bf16 (or unset)"),
             (self.engine.compile in {"auto", "on", "off"}, "engine.compile", "must be auto, on or off"),
+            (self.engine.mc_dropout_samples == 0 or self.engine.mc_dropout_samples >= 2,
+             "engine.mc_dropout_samples", "must be 0 (off) or >= 2"),
+            (self.engine.mc_dropout_samples == 0 or self.engine.backend == "torch",
+             "engine.mc_dropout_samples", "needs engine.backend: torch"),
             (self.scoring.aggregation in {"mean", "topk", "grid"}, "scoring.aggregation",
              "must be one of mean, topk, grid"),
             (0 < self.scoring.topk_fraction <= 1, "scoring.topk_fraction", "must be in (0, 1]"),

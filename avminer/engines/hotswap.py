@@ -124,7 +124,8 @@ class EngineHolder:
 
         kwargs.setdefault("fetcher", fetch)
         kwargs.setdefault("opener", _default_opener(eng.backend, eng.threads, eng.device, precision=eng.precision,
-                                                    compile=eng.compile, max_batch=settings.batcher.max_batch))
+                                                    compile=eng.compile, max_batch=settings.batcher.max_batch,
+                                                    mc_dropout_samples=eng.mc_dropout_samples or None))
         return cls(backend=eng.backend, threads=eng.threads, device=eng.device, **kwargs)
 
     # -- serving -------------------------------------------------------------------------------------------

@@ -54,6 +54,9 @@ class TorchEngine(Engine):
         compile: ``on``, ``off`` or ``auto`` (on for CUDA, off for the CPU).
         max_batch: the batch size compiled for (smaller batches are padded up to it, larger ones split).
         compile_fn: the compiler (default ``torch.compile`` with inductor); tests inject one that fails.
+        mc_dropout_samples: > 0: score by Monte-Carlo dropout instead of the ensemble's members
+            (:class:`avminer.models.ensemble.MCDropoutEnsemble`: T stochastic passes of the first member,
+            so the in-graph mutual information is BALD; the baseline ``selection.policy: bald`` uses it).
     """
 
     backend = "torch"
@@ -69,6 +72,7 @@ class TorchEngine(Engine):
         compile: str = "auto",
         max_batch: int = DEFAULT_MAX_BATCH,
         compile_fn: Callable[[Any], Any] | None = None,
+        mc_dropout_samples: int = 0,
     ) -> None:
         super().__init__(bundle)
         torch = require_torch()
@@ -82,6 +86,8 @@ class TorchEngine(Engine):
             raise EngineError(f"torch engine: compile must be one of {COMPILE_MODES}, got {compile!r}")
         if max_batch < 1:
             raise EngineError(f"torch engine: max_batch must be >= 1, got {max_batch}")
+        if mc_dropout_samples == 1 or mc_dropout_samples < 0:
+            raise EngineError(f"torch engine: mc_dropout_samples must be 0 (off) or >= 2, got {mc_dropout_samples}")
         if threads > 0:
             torch.set_num_threads(threads)
         if model is None:
@@ -93,6 +99,7 @@ class TorchEngine(Engine):
                 model = load_ensemble(bundle.torch_path)
             except TrainerError as exc:
                 raise BundleError(f"{bundle.path}: model.pt cannot be rebuilt: {exc}") from exc
+        from avminer.models.ensemble import MCDropoutEnsemble
         from avminer.models.head import CompactEnsemble
 
         self.device = device
@@ -102,6 +109,9 @@ class TorchEngine(Engine):
         self._dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
         self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
         model = model.eval().to(self._device, dtype=self._dtype, memory_format=self._memory_format)
+        self.mc_dropout_samples = mc_dropout_samples
+        if mc_dropout_samples:
+            model = MCDropoutEnsemble(model, mc_dropout_samples)
         # Two views of the same weights: the compact graph (served, maybe compiled) and one that also
         # returns the probabilities (explicit requests only, always eager).
         self._module = CompactEnsemble(model, self.head, self.input_hw).eval().to(self._device)
@@ -235,6 +245,8 @@ def _inductor_compile(module: Any) -> Any:
 
 
 def open_backend(bundle: Bundle, threads: int = 0, device: str = "cpu", **options: Any) -> TorchEngine:
-    """The :data:`avminer.engines.BACKENDS` factory: ``precision``, ``compile``, ``max_batch`` options."""
-    known = {k: v for k, v in options.items() if k in ("precision", "compile", "max_batch") and v is not None}
+    """The :data:`avminer.engines.BACKENDS` factory: ``precision``, ``compile``, ``max_batch``,
+    ``mc_dropout_samples`` options."""
+    known = {k: v for k, v in options.items()
+             if k in ("precision", "compile", "max_batch", "mc_dropout_samples") and v is not None}
     return TorchEngine(bundle, device=device, threads=threads, **known)

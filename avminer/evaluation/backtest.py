@@ -47,7 +47,7 @@ from avminer.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("random", "entropy", "mi", "full", "adaptive", "adaptive_mi")
+STRATEGIES = ("random", "entropy", "mi", "bald", "full", "adaptive", "adaptive_mi")
 RARE_CONDITIONS = ("dusk", "fog", "night", "new_region")
 INITIAL_DIR = "initial"
 
@@ -76,6 +76,7 @@ class BacktestConfig:
         gate_base: base frames held back for the gates (never replayed).
         gates: gate releases (False: every candidate is released; for diagnosis).
         initial_bundle: the starting model (default: the starter bundle).
+        bald_samples: Monte-Carlo dropout passes of the ``bald`` baseline (BaaL's default is 20).
         threads: torch / ONNX Runtime threads per run.
         jobs: runs in parallel (processes).
         out: output directory.
@@ -100,6 +101,7 @@ class BacktestConfig:
     gate_base: int = 24
     gates: bool = True
     initial_bundle: Path | None = None
+    bald_samples: int = 20
     threads: int = 1
     jobs: int = 1
     out: Path = Path("avminer-out/backtest")
@@ -109,6 +111,8 @@ class BacktestConfig:
         unknown = [s for s in self.strategies if s not in SELECTION_POLICIES]
         if unknown or not self.strategies:
             raise DatasetError(f"strategies: unknown {unknown}; choose from {', '.join(SELECTION_POLICIES)}")
+        if self.bald_samples < 2:
+            raise DatasetError(f"bald_samples: must be >= 2 Monte-Carlo dropout passes, got {self.bald_samples}")
         if self.rounds < 1:
             raise DatasetError(f"rounds: must be >= 1, got {self.rounds}")
         if not 0 < self.budget <= 1:
@@ -255,6 +259,8 @@ def run_settings(settings: Settings, cfg: BacktestConfig, strategy: str, seed: i
     selection = replace(settings.selection, policy=strategy, target_rate=cfg.budget, seed=seed,
                         fleet_sketches=False)
     engine = replace(settings.engine, threads=cfg.threads, bundle=None)
+    if strategy == "bald":  # MC-dropout BALD (the BaaL approach): T stochastic passes in the torch engine
+        engine = replace(engine, backend="torch", mc_dropout_samples=cfg.bald_samples)
     kafka = replace(settings.kafka, bootstrap_servers=None)
     sinks = replace(settings.sinks, output_dir=str(out), catalog_url=None, s3=replace(settings.sinks.s3, endpoint_url=None))
     return replace(settings, selection=selection, engine=engine, kafka=kafka, sinks=sinks,

@@ -175,3 +175,40 @@ def set_mc_dropout(model: nn.Module, enabled: bool = True) -> nn.Module:
         if isinstance(module, nn.Dropout | nn.Dropout2d):
             module.train(enabled)
     return model
+
+
+class MCDropoutEnsemble(nn.Module):
+    """Monte-Carlo dropout (Gal & Ghahramani, 2016; the approach of the BaaL library) in the ensemble's shape.
+
+    ``member_outputs`` returns ``samples`` stochastic passes of the first member, its dropout layers on
+    and batch norm in eval, in place of the K members: ``[T, N, C, H, W]`` logits. The scoring head's
+    mutual information over those passes is BALD (Houlsby et al., 2011). Features stay the deterministic
+    ensemble's, so shift detection and near-duplicate checks are unchanged. Costs K + T member passes.
+
+    Args:
+        ensemble: the served :class:`Ensemble` (weights shared, not copied).
+        samples: T, the number of stochastic passes (>= 2).
+    """
+
+    def __init__(self, ensemble: Ensemble, samples: int) -> None:
+        super().__init__()
+        if samples < 2:
+            raise ValueError(f"MC dropout needs >= 2 samples, got {samples}")
+        self.ensemble = ensemble
+        self.samples = samples
+
+    @property
+    def num_classes(self) -> int:
+        return self.ensemble.num_classes
+
+    def member_outputs(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """images [N, 3, H, W] 0..255 -> (logits [T, N, C, H, W], features [K, N, D])."""
+        _, feats = self.ensemble.member_outputs(images)  # deterministic: dropout off
+        member = self.ensemble.members[0]
+        x = self.ensemble.normalise(images)
+        set_mc_dropout(member, True)
+        try:
+            logits = torch.stack([member(x)[0] for _ in range(self.samples)])  # [T, N, C, H, W]
+        finally:
+            set_mc_dropout(member, False)
+        return logits, feats

@@ -39,6 +39,8 @@ def make_policy(settings: SelectionSettings, clock: Callable[[], float] = time.t
         return RandomPolicy(settings)
     if name == "entropy":
         return ScorePolicy(settings, "entropy", "entropy")
-    if name == "mi":
+    if name in ("mi", "bald"):
+        # bald ranks by the same in-graph mutual information, computed over Monte-Carlo dropout passes:
+        # the miner must run the torch engine with engine.mc_dropout_samples > 0 (the backtest sets it).
         return ScorePolicy(settings, "mi", name)
     raise SelectionError(f"selection.policy: unknown policy {name!r}; use one of {', '.join(SELECTION_POLICIES)}")

@@ -93,3 +93,31 @@ def test_registry_opens_every_cpu_backend_with_one_contract(bundles: dict[str, B
         assert out.host_bytes() == 2 * engine.host_bytes_per_frame()
     with pytest.raises(EngineError, match="unknown engine backend"):
         open_engine(bundles["v1"], backend="cuda-magic")
+
+
+def test_mc_dropout_scores_bald_over_stochastic_passes_of_one_member(bundles: dict[str, Bundle]) -> None:
+    """BALD (the `bald` baseline): mutual information over T dropout passes of the first member. A single
+    deterministic pass has none; the passes disagree once dropout is on, and the features stay the
+    ensemble's (shift detection unchanged)."""
+    import torch
+
+    from avminer.models import load_ensemble
+    from avminer.models.ensemble import MCDropoutEnsemble
+
+    images = _images(4, seed=3)
+    with TorchEngine(bundles["v1"]) as plain, TorchEngine(bundles["v1"], mc_dropout_samples=8) as mc:
+        a, b = plain.infer(images), mc.infer(images)
+    np.testing.assert_allclose(b.features, a.features, atol=1e-5)
+    assert (b.score("mi_mean") > 1e-4).all(), "dropout passes should disagree"
+    model = load_ensemble(bundles["v1"].torch_path).eval()
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        logits, feats = MCDropoutEnsemble(model, 4).member_outputs(x)  # [T, N, C, H, W], [K, N, D]
+        member = model.members[0]
+        once, twice = member(model.normalise(x))[0], member(model.normalise(x))[0]
+    assert logits.shape[0] == 4 and feats.shape[0] == model.num_members
+    assert not torch.equal(logits[0], logits[1]), "each pass draws its own dropout mask"
+    # Dropout is switched back off after the passes: the member is deterministic again.
+    assert torch.equal(once, twice) and not any(m.training for m in model.modules())
+    with pytest.raises(EngineError, match="mc_dropout_samples"):
+        TorchEngine(bundles["v1"], mc_dropout_samples=1)

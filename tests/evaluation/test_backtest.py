@@ -129,3 +129,24 @@ def test_summary_measures_reach_and_spread() -> None:
     flat = summarise(runs, {"worst_miou_common": 0.5, "worst_condition": "x/dusk"}, {"day": 95, "dusk": 5}, cfg)
     assert flat["goals"]["adaptive"]["labels_to_reach_random_final"] is None
     assert flat["goals"]["adaptive"]["random_improved_worst"] is False
+
+
+def test_bald_baseline_runs_the_torch_engine_with_mc_dropout(fleet: Path, tmp_path: Path) -> None:
+    """`bald` is the same miner with Monte-Carlo dropout in the torch engine (BaaL's approach), MI-ranked."""
+    from avminer.engines.hotswap import EngineHolder
+    from avminer.selection.registry import make_policy
+
+    cfg = _cfg(fleet, tmp_path / "bt", strategies=["bald"], bald_samples=4)
+    settings = load_settings(None, environ={}, overrides={"selection": {"warmup_frames": 40}})
+    data = _Data(cfg)
+    s = run_settings(settings, cfg, "bald", seed=0, out=tmp_path / "run")
+    assert (s.engine.backend, s.engine.mc_dropout_samples, s.selection.policy) == ("torch", 4, "bald")
+    holder = EngineHolder.from_settings(s)
+    try:
+        assert holder.load(data.initial).ok
+        assert holder.current.mc_dropout_samples == 4  # type: ignore[attr-defined]
+        _, decided = mine_segment(s, holder, make_policy(s.selection), data.segments[0].path)
+    finally:
+        holder.close()
+    assert len(decided) == data.segments[0].frames
+    assert any(d.decision.mined for d in decided)

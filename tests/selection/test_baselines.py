@@ -20,15 +20,23 @@ def cand(i: int, slice_key: str = "day/clear/x", **scores: float) -> Candidate:
 
 def test_registry_builds_every_policy() -> None:
     kinds = {name: type(make_policy(SelectionSettings(policy=name)))
-             for name in ("full", "adaptive", "adaptive_mi", "random", "entropy", "mi")}
+             for name in ("full", "adaptive", "adaptive_mi", "random", "entropy", "mi", "bald")}
     assert kinds == {"full": SelectionPolicy, "adaptive": AdaptivePolicy, "adaptive_mi": AdaptivePolicy,
                      "random": RandomPolicy,
-                     "entropy": ScorePolicy, "mi": ScorePolicy}
+                     "entropy": ScorePolicy, "mi": ScorePolicy, "bald": ScorePolicy}
     assert make_policy(SelectionSettings(policy="adaptive_mi")).pooled == ("shift", "mi")
     with pytest.raises(SelectionError, match="unknown policy 'smart'"):
         make_policy(SelectionSettings(policy="smart"))
     with pytest.raises(ConfigError, match="selection.policy"):
         load_settings(None, environ={}, overrides={"selection": {"policy": "smart"}})
+    # bald ranks MI over Monte-Carlo dropout passes: only the torch engine computes them.
+    with pytest.raises(ConfigError, match="engine.mc_dropout_samples: needs engine.backend: torch"):
+        load_settings(None, environ={}, overrides={"engine": {"mc_dropout_samples": 20}})
+    with pytest.raises(ConfigError, match="engine.mc_dropout_samples: must be 0"):
+        load_settings(None, environ={}, overrides={"engine": {"backend": "torch", "mc_dropout_samples": 1}})
+    assert load_settings(None, environ={}, overrides={
+        "engine": {"backend": "torch", "mc_dropout_samples": 20}, "selection": {"policy": "bald"}}
+    ).engine.mc_dropout_samples == 20
 
 
 def test_random_is_uniform_and_seeded() -> None:

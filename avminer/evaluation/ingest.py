@@ -82,6 +82,7 @@ class IngestReport:
     produce_s: float
     rows: list[IngestRow]
     ratios: dict[str, float]
+    kafka_python_config: dict[str, Any] = field(default_factory=dict)  # settings beyond the defaults
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -186,7 +187,7 @@ def _consume_kafka_python(spec: dict[str, Any]) -> dict[str, Any]:
 
     impl, native = _crc32c_in_use()
     consumer = KafkaConsumer(bootstrap_servers=spec["bootstrap"], group_id=None, enable_auto_commit=False,
-                             auto_offset_reset="earliest", check_crcs=True)
+                             auto_offset_reset="earliest", check_crcs=True, **spec.get("config", {}))
     try:
         parts = [TopicPartition(spec["topic"], p) for p in range(spec["partitions"])]
         # Connects to the broker before the clock starts (tansu's high watermark can lag: informational).
@@ -212,6 +213,7 @@ def _consume_kafka_python(spec: dict[str, Any]) -> dict[str, Any]:
             last = time.perf_counter()
         return {"version": kafka.__version__, "crc32c_impl": impl, "crc32c_native": native,
                 "checks_crcs": bool(consumer.config["check_crcs"]), "high_watermark": high_watermark,
+                "config": {key: consumer.config[key] for key in spec.get("config", {})},
                 **_counts(n, len(seen), size, started, first_at, last, decode)}
     finally:
         consumer.close()
@@ -345,6 +347,7 @@ def run_ingest_bench(
     repeats: int = 1,
     clients: tuple[str, ...] = (KAFKA_PYTHON, KAFKA_PYTHON_NO_CRC32C, CONFLUENT),
     workdir: Path | None = None,
+    kafka_python_config: dict[str, Any] | None = None,
 ) -> IngestReport:
     """Produce ``messages`` frames once into a fresh topic, then time each client variant reading all of them.
 
@@ -357,12 +360,16 @@ def run_ingest_bench(
         repeats: measure every variant this many times (interleaved) and keep the best rate.
         clients: the variants to run (a subset of the three defaults).
         workdir: where a started broker keeps its log (default: a temporary directory).
+        kafka_python_config: extra ``KafkaConsumer`` settings for the kafka-python rows (fetch sizes,
+            ``receive_buffer_bytes``...: what the miner's ``kafka.extra`` would pass).
 
     Raises:
-        IngestBenchError: the broker is unreachable, or a client did not read every message.
+        IngestBenchError: the broker is unreachable, a client did not read every message, or a
+            ``kafka_python_config`` key kafka-python does not know.
     """
     if messages < 1 or partitions < 1 or repeats < 1:
         raise IngestBenchError("--messages, --partitions and --repeats must be at least 1")
+    consumer_config = check_consumer_config(kafka_python_config or {})
     payloads, payload = build_messages(messages, message_bytes)
     total_bytes = sum(len(v) for _, v in payloads)
     variants: list[tuple[str, bool]] = [(c, False) for c in clients]
@@ -387,21 +394,47 @@ def run_ingest_bench(
                         continue
                     spec = {"bootstrap": server, "topic": topic, "partitions": partitions, "messages": messages,
                             "client": CONFLUENT if client == CONFLUENT else KAFKA_PYTHON, "decode": dec,
-                            "block": ["crc32c"] if client == KAFKA_PYTHON_NO_CRC32C else []}
-                    _record(row, _run_worker(spec, timeout_s), messages)
+                            "block": ["crc32c"] if client == KAFKA_PYTHON_NO_CRC32C else [],
+                            "config": consumer_config}
+                    _record(row, _run_worker(spec, timeout_s), messages, consumer_config)
         finally:
             _delete_topic(server, topic)
     return IngestReport(
+        kafka_python_config=consumer_config,
         bootstrap=server, broker=broker, topic=topic, partitions=partitions, messages=messages,
         message_bytes_mean=round(total_bytes / messages, 1), payload=payload, produce_s=round(produce_s, 3),
         rows=list(rows.values()), ratios=_ratios(rows),
     )
 
 
-def _record(row: IngestRow, result: dict[str, Any], expected: int) -> None:
+_FIXED = frozenset({"bootstrap_servers", "group_id", "enable_auto_commit", "auto_offset_reset", "check_crcs"})
+
+
+def check_consumer_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` if every key is a ``KafkaConsumer`` setting the bench lets vary.
+
+    Raises:
+        IngestBenchError: an unknown key (a typo would otherwise measure the defaults under a new name),
+            or one the bench fixes itself (bootstrap, group, commits, offset reset, CRC checks).
+    """
+    from kafka import KafkaConsumer
+
+    known = set(KafkaConsumer.DEFAULT_CONFIG)
+    for key in config:
+        if key in _FIXED:
+            raise IngestBenchError(f"kafka-python setting {key!r} is fixed by the bench; leave it out")
+        if key not in known:
+            raise IngestBenchError(f"{key!r} is not a kafka-python KafkaConsumer setting "
+                                   "(e.g. fetch_max_bytes, max_partition_fetch_bytes, receive_buffer_bytes)")
+    return dict(config)
+
+
+def _record(row: IngestRow, result: dict[str, Any], expected: int, spec_config: dict[str, Any]) -> None:
     if result["messages"] != expected or result["distinct"] != expected:
         raise IngestBenchError(f"{row.client} read {result['messages']} messages ({result['distinct']} distinct "
                                f"offsets) of the {expected} written; the broker lost or withheld messages")
+    if "config" in result and result["config"] != spec_config:
+        raise IngestBenchError(f"{row.client} ran with {result['config']}, not the asked {spec_config}")
     rate = result["messages"] / result["seconds"] if result["seconds"] > 0 else float("inf")
     row.repeats_msgs_per_s.append(round(rate, 1))
     row.version, row.crc32c_impl = result["version"], result["crc32c_impl"]
@@ -436,6 +469,7 @@ def format_report(report: IngestReport) -> str:
     lines = [
         f"{report.messages} messages x {report.message_bytes_mean / 1e3:.1f} KB ({report.payload}), "
         f"{report.partitions} partition(s), {report.broker}; produced in {report.produce_s:.2f}s",
+        *([f"kafka-python settings: {report.kafka_python_config}"] if report.kafka_python_config else []),
         f"{'client':26s} {'decode':6s} {'CRC-32C':34s} {'msgs/s':>9s} {'MB/s':>8s} {'seconds':>8s} {'1st msg s':>9s} {'decode us/msg':>13s}",
     ]
     for row in report.rows:

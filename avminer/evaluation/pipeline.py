@@ -45,10 +45,15 @@ class _RecordingHolder:
     def __init__(self, holder: Any) -> None:
         self.holder = holder
         self.batches: list[Any] = []
+        self._wrapped: _RecordingEngine | None = None
 
     @property
     def current(self) -> Any:
-        return _RecordingEngine(self.holder.current, self.batches)
+        # Asked once a frame (the decode size): one wrapper per engine, not one per call.
+        engine = self.holder.current
+        if self._wrapped is None or self._wrapped._engine is not engine:
+            self._wrapped = _RecordingEngine(engine, self.batches)
+        return self._wrapped
 
     @contextlib.contextmanager
     def acquire(self) -> Iterator[Any]:

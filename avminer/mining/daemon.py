@@ -236,8 +236,10 @@ def run_miner(
     Raises:
         MiningError: the pipeline failed for good (offsets of finished work are committed first).
     """
+    from avminer.mining.heap import keep_freed_heap
     from avminer.selection.registry import make_policy
 
+    keep_freed_heap(settings.batcher.heap_keep_mb)  # every frame reuses the pages the last one freed
     stop = stop or threading.Event()
     if serve_metrics and settings.metrics.port:
         from avminer.metrics import serve

@@ -574,16 +574,20 @@ class Pipeline:
             self.stats.stage_cpu_s[stage] = self.stats.stage_cpu_s.get(stage, 0.0) + spent
 
     def _decode_loop(self) -> None:
-        while not self._halt.is_set():
-            item = self._get(self._decode_q)
-            if item is None:
-                continue
-            seq, msg, job = item
-            cpu = time.thread_time()
-            outcome = self._decode_one(msg, job)
+        # The thread's whole CPU time is the stage's (waiting on a queue costs next to none): read the
+        # clock once, not twice a frame (a thread-CPU clock read is a system call, slow on a busy host).
+        cpu = time.thread_time()
+        try:
+            while not self._halt.is_set():
+                item = self._get(self._decode_q)
+                if item is None:
+                    continue
+                seq, msg, job = item
+                outcome = self._decode_one(msg, job)
+                # Exactly one outcome per sequence number reaches the assemble stage (None: nothing to assemble).
+                self._put(self._assemble_q, (seq, outcome))
+        finally:
             self._add_cpu("decode", cpu)
-            # Exactly one outcome per sequence number reaches the assemble stage (None: nothing to assemble).
-            self._put(self._assemble_q, (seq, outcome))
 
     def _decode_one(self, msg: SourceMessage, job: _Job) -> FrameWork | tuple[RadarScan, _Job] | None:
         if not self._live(job):

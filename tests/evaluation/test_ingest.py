@@ -81,3 +81,21 @@ def test_without_bootstrap_it_starts_and_stops_its_own_broker() -> None:
     with socket.socket() as s:
         s.settimeout(1.0)
         assert s.connect_ex((host, int(port))) != 0  # stopped
+
+
+def test_kafka_python_settings_reach_the_consumer_and_unknown_ones_are_refused(
+    kafka: KafkaBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = main(["bench", "ingest", "--bootstrap", kafka.bootstrap, "--messages", "30", "--message-bytes", "2000",
+               "--kafka-python", "fetch_max_bytes=4194304", "--kafka-python", "max_partition_fetch_bytes=2097152",
+               "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    # The worker reads the settings back from its KafkaConsumer; the bench refuses a run that differs.
+    assert out["kafka_python_config"] == {"fetch_max_bytes": 4194304, "max_partition_fetch_bytes": 2097152}
+    assert all(row["messages"] == 30 for row in out["rows"])
+
+    with pytest.raises(ingest.IngestBenchError, match="fetch_max_byte.*not a kafka-python KafkaConsumer setting"):
+        ingest.run_ingest_bench(bootstrap=kafka.bootstrap, messages=5, kafka_python_config={"fetch_max_byte": 1})
+    with pytest.raises(ingest.IngestBenchError, match="check_crcs.*fixed by the bench"):
+        ingest.run_ingest_bench(bootstrap=kafka.bootstrap, messages=5, kafka_python_config={"check_crcs": False})

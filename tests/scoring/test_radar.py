@@ -10,7 +10,7 @@ import pytest
 from avminer.errors import ScoringError
 from avminer.events.records import RadarDetection
 from avminer.geometry import Pinhole
-from avminer.scoring.radar import project, radar_disagreement
+from avminer.scoring.radar import object_mask, project, radar_disagreement
 from avminer.taxonomy import CAMVID
 
 ROAD, CAR = CAMVID.classes.index("road"), CAMVID.classes.index("car")
@@ -78,3 +78,13 @@ def test_no_radar_and_rescaling() -> None:
     assert radar_disagreement(_scene(), [_det(130, 15, 5.0)], (2 * W, 2 * H), big) == 0.0
     with pytest.raises(ScoringError):
         radar_disagreement(np.zeros((2, 3, 4)), [], (W, H), CAM)
+
+
+@pytest.mark.parametrize("ids", [[8, 9, 10], [0, 3, 4, 255], [2], [], [5, 7, 9], [10, 9, 8, 8]])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32])
+def test_object_mask_is_membership_in_the_ids(ids: list[int], dtype: type) -> None:
+    """Runs of consecutive ids are one range test (uint8: one wrapped subtraction); the result is np.isin."""
+    pred = np.random.default_rng(len(ids)).integers(0, 256, (37, 53)).astype(dtype)
+    mask = object_mask(pred, ids)
+    assert mask.dtype == np.uint8 and mask.shape == pred.shape
+    np.testing.assert_array_equal(mask, np.isin(pred, ids).astype(np.uint8))

@@ -31,6 +31,9 @@ def register(sub: Any) -> None:
                         help="also time decoding every message with avminer.events.codec.decode")
     parser.add_argument("--repeats", type=int, default=1, metavar="R",
                         help="measure each client R times, interleaved, and keep the best (default 1)")
+    parser.add_argument("--kafka-python", action="append", default=[], metavar="KEY=VALUE",
+                        help="a KafkaConsumer setting for the kafka-python rows, e.g. fetch_max_bytes=16777216 "
+                             "(repeatable; integers and true/false are converted)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=_run)
 
@@ -43,6 +46,25 @@ def _run(args: argparse.Namespace) -> int:
     report = run_ingest_bench(
         bootstrap=args.bootstrap, messages=args.messages, message_bytes=args.message_bytes,
         partitions=args.partitions, decode=args.decode, repeats=args.repeats,
+        kafka_python_config=_settings(args.kafka_python),
     )
     print(json.dumps(report.to_dict()) if args.json else format_report(report))
     return 0
+
+
+def _settings(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings as a dict: integers and true/false converted, anything else kept as text."""
+    from avminer.errors import AvminerError
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise AvminerError(f"--kafka-python takes KEY=VALUE, got {pair!r}")
+        value: Any = text
+        if text.lower() in ("true", "false"):
+            value = text.lower() == "true"
+        elif text.strip().lstrip("-").isdigit():
+            value = int(text)
+        out[key.strip()] = value
+    return out

@@ -19,6 +19,9 @@ size is per process: the effective batch is ``batch_size × world size``. BatchN
 process while training and rank 0's are copied to every rank at the end. Only rank 0 evaluates, shows
 progress, writes checkpoints and (in :mod:`avminer.trainer.run`) the bundle; every rank resumes from the
 same checkpoint, so the work directory must be shared (one machine, or a shared filesystem).
+
+Why one module of ~550 lines: the training loop, its checkpoint/resume and its distributed set-up share
+one state (``_Loop``); evaluation helpers beside it are the ones the loop calls every epoch.
 """
 
 from __future__ import annotations

@@ -29,30 +29,21 @@ half-sent requests cannot hold threads, and at most ``MAX_CONNECTIONS`` are serv
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import logging
 import re
-import socket
-import sys
-import threading
 from collections.abc import Sequence
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from avminer.catalog.catalog import Catalog, DatasetQuery
 from avminer.errors import CatalogError, ConfigError, SinkUnavailableError
+from avminer.utils.httpserver import BoundedHTTPServer, JsonHandler, is_loopback
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20
-MAX_CONNECTIONS = 64
-"""Requests served at once; more get an immediate 503 instead of a thread each."""
-REQUEST_TIMEOUT_S = 10.0
-"""Socket timeout of a connection: a client that stops sending mid-request is dropped after this."""
-LISTEN_BACKLOG = 128
 MAX_VERSION = 2**31 - 1
 _DATASET_PATH = re.compile(r"^/datasets/([^/]+)/?$")
 
@@ -64,25 +55,12 @@ class _ApiError(Exception):
         self.reason = reason
 
 
-class DatasetsHandler(BaseHTTPRequestHandler):
+class DatasetsHandler(JsonHandler):
     """Request handler; the catalog is on the server (``server.catalog``)."""
 
     server: DatasetsServer
-    protocol_version = "HTTP/1.1"
-    timeout = REQUEST_TIMEOUT_S  # socket timeout (StreamRequestHandler): slow or stalled clients are cut off
 
     # -- plumbing -----------------------------------------------------------------------------------
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
-        log.debug("%s %s", self.address_string(), format % args)
-
-    def _send_json(self, status: HTTPStatus, body: Any) -> None:
-        data = json.dumps(body, sort_keys=True).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def _dispatch(self, method: str) -> None:
         try:
@@ -212,17 +190,7 @@ def _host_name(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-def is_loopback(address: str) -> bool:
-    """True for loopback addresses and ``localhost``."""
-    if address.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
-
-
-class DatasetsServer(ThreadingHTTPServer):
+class DatasetsServer(BoundedHTTPServer):
     """The datasets API server bound to ``(host, port)`` (port 0: any free port).
 
     Args:
@@ -235,8 +203,7 @@ class DatasetsServer(ThreadingHTTPServer):
         ConfigError: a non-loopback address without a token.
     """
 
-    daemon_threads = True
-    request_queue_size = LISTEN_BACKLOG
+    name = "datasets-api"
 
     def __init__(self, catalog: Catalog, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
                  allowed_hosts: Sequence[str] = ()) -> None:
@@ -248,52 +215,5 @@ class DatasetsServer(ThreadingHTTPServer):
         # Behind loopback the Host header is the only thing telling a DNS-rebound browser page apart.
         self.check_host = is_loopback(host)
         self.allowed_hosts = {"localhost", "127.0.0.1", "::1", *(h.lower() for h in allowed_hosts)}
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__((host, port), DatasetsHandler)
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that hangs up mid-reply is routine; anything else is logged once, with its traceback."""
-        exc = sys.exc_info()[1]
-        if isinstance(exc, (ConnectionError, TimeoutError)):
-            log.debug("datasets API: client %s went away: %s", client_address, exc)
-            return
-        log.exception("datasets API: error serving %s", client_address)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            _refuse_busy(request)
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> threading.Thread:
-        """Serve in a daemon thread; stop with :meth:`shutdown` then :meth:`server_close`."""
-        thread = threading.Thread(target=self.serve_forever, name="datasets-api", daemon=True)
-        thread.start()
-        return thread
-
-
-def _refuse_busy(request: socket.socket) -> None:
-    body = b'{"error": "too many connections; retry later"}'
-    head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
-            "\r\nRetry-After: 1\r\nConnection: close\r\n\r\n").encode()
-    try:
-        request.settimeout(1.0)
-        request.sendall(head + body)
-    except OSError:
-        pass  # the client is gone already

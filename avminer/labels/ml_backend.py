@@ -46,7 +46,6 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -54,6 +53,7 @@ import numpy as np
 
 from avminer.errors import AvminerError, LabelError
 from avminer.labels.labelstudio import FROM_NAME, TO_NAME, prediction_results
+from avminer.utils.httpserver import BoundedHTTPServer, JsonHandler
 
 log = logging.getLogger(__name__)
 
@@ -222,22 +222,10 @@ class _HttpError(Exception):
         self.status = status
 
 
-class MLBackendHandler(BaseHTTPRequestHandler):
+class MLBackendHandler(JsonHandler):
     """Routes of the ML-backend protocol; the state is on the server (``server.backend``)."""
 
     server: MLBackendServer
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
-        log.debug("%s %s", self.address_string(), format % args)
-
-    def _send_json(self, status: HTTPStatus, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def _read_json(self) -> dict[str, Any]:
         try:
@@ -408,24 +396,14 @@ class MLBackend:
                                                       "see trainer.retrain_every_labels"}
 
 
-class MLBackendServer(ThreadingHTTPServer):
+class MLBackendServer(BoundedHTTPServer):
     """The ML backend bound to ``(host, port)`` (port 0: any free port); with ``secret``, every request
     must carry HTTP Basic credentials with that password (Label Studio's ML backend ``BASIC_AUTH``)."""
 
-    daemon_threads = True
+    name = "labelstudio-ml-backend"
 
     def __init__(self, backend: MLBackend, host: str = "127.0.0.1", port: int = 0, secret: str | None = None) -> None:
         self.backend = backend
         self.secret = secret
         super().__init__((host, port), MLBackendHandler)
 
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> threading.Thread:
-        """Serve in a daemon thread; stop with :meth:`shutdown` then :meth:`server_close`."""
-        thread = threading.Thread(target=self.serve_forever, name="labelstudio-ml-backend", daemon=True)
-        thread.start()
-        return thread

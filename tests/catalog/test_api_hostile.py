@@ -98,7 +98,7 @@ def test_stalled_clients_time_out_and_the_server_stays_bounded(server: DatasetsS
                      b"Content-Length: 100\r\n\r\n{")
         stalled.append(sock)
     time.sleep(0.2)
-    assert threading.active_count() <= threads_before + api_module.MAX_CONNECTIONS + 2
+    assert threading.active_count() <= threads_before + api_module.DatasetsServer.max_connections + 2
     deadline = time.monotonic() + 30
     status = None
     while time.monotonic() < deadline:  # the stalled ones are cut off after the socket timeout

@@ -93,7 +93,9 @@ def test_kafka_python_settings_reach_the_consumer_and_unknown_ones_are_refused(
     out = json.loads(capsys.readouterr().out)
     # The worker reads the settings back from its KafkaConsumer; the bench refuses a run that differs.
     assert out["kafka_python_config"] == {"fetch_max_bytes": 4194304, "max_partition_fetch_bytes": 2097152}
-    assert all(row["messages"] == 30 for row in out["rows"])
+    # Every client that ran read every message (confluent-kafka is an optional extra: absent, it is reported).
+    ran = [row for row in out["rows"] if row["available"]]
+    assert ran and all(row["messages"] == 30 for row in ran)
 
     with pytest.raises(ingest.IngestBenchError, match="fetch_max_byte.*not a kafka-python KafkaConsumer setting"):
         ingest.run_ingest_bench(bootstrap=kafka.bootstrap, messages=5, kafka_python_config={"fetch_max_byte": 1})

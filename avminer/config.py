@@ -254,13 +254,15 @@ class SelectionSettings:
     policy: str = field(
         default="full",
         metadata=_help(
-            "Selection policy: full (per-slice thresholds, static rates), adaptive (full, but unfamiliarity is"
-            " ranked fleet-wide so budgets follow it), adaptive_mi (adaptive, uncertainty ranked fleet-wide"
-            " too), or a baseline: random, entropy, mi."
+            "Selection policy: full (MI and shift ranked fleet-wide, a budget per frame seen with catch-up),"
+            " adaptive (pooled shift, a rate per distinct frame), adaptive_mi (adaptive, MI pooled too), or a"
+            " baseline: random, entropy, mi."
         ),
     )
     seed: int = field(default=0, metadata=_help("Seed of the random baseline's draws."))
-    target_rate: float = field(default=0.001, metadata=_help("Fraction of frames mined per slice."))
+    target_rate: float = field(
+        default=0.001, metadata=_help("Fraction of frames mined per slice, counted over frames seen (repeats too).")
+    )
     slice_rates: dict[str, float] = field(
         default_factory=lambda: {"dusk/*/*": 0.005, "night/*/*": 0.005, "*/fog/*": 0.005, "*/rain/*": 0.005,
                                  "*/snow/*": 0.005},
@@ -273,8 +275,9 @@ class SelectionSettings:
     score_weights: dict[str, float] = field(
         default_factory=lambda: {"mi": 1.0, "shift": 1.0, "radar": 1.0, "novelty": 0.5},
         metadata=_help(
-            "Weight of each component (mi, shift, radar, novelty) in the priority: the weighted max of their"
-            " per-slice tail surprises, -log10 of the fraction of frames scoring higher. 0 disables one."
+            "Weight of each component (mi, shift, radar, novelty) in the priority: max(w_mi*s_mi + w_shift*s_shift,"
+            " w_radar*s_radar, w_novelty*s_novelty) of their tail surprises, -log10 of the fraction of frames"
+            " scoring higher (mi, shift fleet-wide, radar, novelty per slice). 0 disables one."
         ),
     )
     hourly_budget: int = field(default=1000, metadata=_help("Mined frames per slice per hour at most."))

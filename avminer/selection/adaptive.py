@@ -1,12 +1,10 @@
 """The adaptive policy: the full policy, with unfamiliarity ranked fleet-wide so that budgets follow it.
 
-What the full policy (:class:`~avminer.selection.policy.SelectionPolicy`) does not do: every component's
-surprise is a rank *within the frame's slice*, and each slice mines at its configured rate. A whole
-condition the model has never seen (dusk for a day-trained model, a new country) is therefore mined at
-the same rate as ordinary day driving, its frames ranked only against each other; and until it has
-:data:`~avminer.selection.policy.WARMUP_MIN_FRAMES` frames of its own nothing of it is mined at all,
-which for a condition that is 1 % of the stream can be most of a round. The ensemble does not help:
-its members *agree* on dusk they never saw, so mutual information ranks dusk low.
+Kept as a baseline of the backtest: the full policy (:class:`~avminer.selection.policy.SelectionPolicy`)
+took over its fleet-wide ranks and pooled thresholds, and adds a budget per frame seen with catch-up
+and the sum of the MI and shift surprises. Before that, the full policy ranked every component *within
+the frame's slice* and mined each slice at its configured rate, so a whole condition the model has
+never seen (dusk for a day-trained model, a new country) was mined like ordinary day driving.
 
 The adaptive policy changes two things and keeps everything else (components, weights, sketches, the
 duplicate rules, cooldowns, budgets, the fleet merge):
@@ -26,10 +24,10 @@ of the pool (its frames become familiar), and the budget goes elsewhere.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from avminer.config import SelectionSettings
-from avminer.selection.policy import REFRESH_EVERY, SKETCH_ACCURACY, SelectionPolicy, _Slice
+from avminer.selection.policy import COMPONENTS, PRIORITY, REASONS, SelectionPolicy, _Slice
 from avminer.selection.sketch import QuantileSketch
 
 POOLED_COMPONENTS = ("shift",)
@@ -46,42 +44,30 @@ class AdaptivePolicy(SelectionPolicy):
             ``mi``, so that a condition the ensemble is unsure about as a whole also wins budget).
     """
 
-    _pooled_parts: dict[str, tuple[int, QuantileSketch]]
-
     def __init__(self, settings: SelectionSettings, clock: Callable[[], float] = time.time,
                  pooled: tuple[str, ...] = POOLED_COMPONENTS) -> None:
         super().__init__(settings, clock)
         self.pooled = pooled
 
-    def _pooled_component(self, name: str) -> QuantileSketch:
-        """Sketch of one component over every slice, local and remote (cached for REFRESH_EVERY frames)."""
-        if not hasattr(self, "_pooled_parts"):
-            self._pooled_parts = {}
-        total = sum(st.distinct for st in self._slices.values())
-        cached = self._pooled_parts.get(name)
-        if cached is None or total - cached[0] >= REFRESH_EVERY or self._pooled_stale:
-            pooled = QuantileSketch(SKETCH_ACCURACY)
-            for st in self._slices.values():
-                pooled.merge(st.local[name])
-            for remote in self._remote.values():
-                for slice_sk in remote.values():
-                    if name in slice_sk:
-                        pooled.merge(slice_sk[name])
-            cached = (total, pooled)
-            self._pooled_parts[name] = cached
-        return cached[1]
-
     def _refresh(self, slice_key: str, st: _Slice) -> None:
         snapshot = self._merged(slice_key)
         for name in self.pooled:
-            snapshot[name] = self._pooled_component(name)
+            snapshot[name] = self._pooled_sketch(name)
         st.snapshot = snapshot
         st.since_refresh = 0
-        pooled = self._pooled_priority()
-        st.threshold = pooled.quantile(1.0 - st.rate) if pooled.count >= max(self.settings.warmup_frames, 1) else None
+        st.pool_version = self._pool_version
+        st.threshold = self._budget_threshold(st)
 
-    def reset_statistics(self) -> None:
-        """As the full policy, plus the pooled component cache."""
-        with self._lock:
-            self._pooled_parts = {}
-        super().reset_statistics()
+    def _budget_threshold(self, st: _Slice) -> float | None:
+        """The pooled priority's ``1 - rate`` quantile: a rate per distinct frame, no catch-up."""
+        pooled = self._pooled_sketch(PRIORITY)
+        return pooled.quantile(1.0 - st.rate) if pooled.count >= max(self.settings.warmup_frames, 1) else None
+
+    def _priority(self, sketches: Mapping[str, QuantileSketch], values: Mapping[str, float]
+                  ) -> tuple[float, dict[str, float]]:
+        """The weighted max of the surprises: any one reason carries a frame."""
+        surprise = self._surprises(sketches, values)
+        return max((self.weights[n] * v for n, v in surprise.items()), default=0.0), surprise
+
+    def _reasons(self, surprise: Mapping[str, float], threshold: float) -> list[str]:
+        return [REASONS[n] for n in COMPONENTS if n in surprise and self.weights[n] * surprise[n] > threshold]

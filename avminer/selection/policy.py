@@ -3,23 +3,30 @@
 **Priority.** Each frame has four component scores: ``mi`` (ensemble mutual information), ``shift``
 (Mahalanobis), ``radar`` (camera-radar disagreement) and ``novelty`` (``1 -`` the highest cosine
 similarity of its embedding to recently seen frames). Their scales differ and drift with the model, so
-each is turned into a per-slice *tail surprise* ``s_i = -log10(fraction of the slice's frames scoring
-higher)`` from a mergeable quantile sketch of that component (a frame in the top 1/1000 of MI has
-``s = 3``). The priority is the weighted max ``max_i w_i * s_i`` (``settings.score_weights``): any one
-reason can carry a frame, and the reasons of a mined frame are the components that alone clear the
-threshold (``uncertainty``, ``shift``, ``radar``, ``novelty``).
+each is turned into a *tail surprise* ``s_i = -log10(fraction of frames scoring higher)`` from a
+mergeable quantile sketch of that component (a frame in the top 1/1000 of MI has ``s = 3``). ``mi`` and
+``shift`` (:data:`FLEET_RANKED`) are ranked against **every slice's** frames, this miner's and the
+fleet's: a condition the model is unsure about or has never seen as a whole (dusk for a day-trained
+model, a new country) lands in the fleet-wide tail however rare it is, so the budget follows measured
+unfamiliarity, not names given in advance; ``radar`` and ``novelty`` are ranked within the slice. The
+priority is ``max(w_mi * s_mi + w_shift * s_shift, w_radar * s_radar, w_novelty * s_novelty)``
+(``settings.score_weights``): uncertainty and unfamiliarity add up (surprises are log tail fractions,
+so the sum ranks the joint rarity, whatever the scores' scales), radar or novelty can carry a frame on
+their own. The reasons of a mined frame are the components that alone clear the threshold
+(``uncertainty``, ``shift``, ``radar``, ``novelty``), else the largest contributor.
 
-**Threshold.** Per slice, mined iff ``priority > quantile(1 - rate)`` of the slice's priority sketch,
-where the sketches are this miner's merged with every other miner's (:meth:`merge_remote`), so the
-fleet as a whole mines at the target rate whatever the partition skew. ``rate`` is
+**Threshold and budget.** One priority sketch pools every slice (local and remote); a slice's frame is
+mined iff ``priority > quantile(1 - q)`` of it, from the slice's first frame on once the pool holds
+``warmup_frames`` frames (before that nothing is mined: ``warmup``). ``rate`` is
 ``settings.slice_rates[slice]`` if the key is there exactly (an exact key may also lower a slice's
 rate), else the highest of ``settings.target_rate`` and the rates of matching wildcard patterns
-(patterns only raise a rate: the default rare-condition boosts never undercut a raised target). Until a slice's merged sketches hold
-``warmup_frames`` frames its threshold is borrowed from the priorities of all slices pooled (surprises
-are within-slice ranks, so priorities are distributed alike across slices), once the slice has
-:data:`WARMUP_MIN_FRAMES` frames and the pool ``warmup_frames``; before that nothing is mined
-(``warmup``). Thresholds are re-read from the sketches
-every :data:`REFRESH_EVERY` frames of a slice (and when remote sketches arrive), not per frame.
+(patterns only raise a rate). The budget counts **frames seen**, near-duplicates included: ``q = rate
+x (frames seen / distinct frames) x catch-up``, so what a standstill's repeats would have cost goes to
+the next best distinct frames, and ``catch-up = 2 ** ((earned - mined) / CATCH_UP_LABELS)`` (bounded
+by :data:`CATCH_UP`) over this miner's slices, ``earned = sum of rate x frames seen``: frames the guards
+below refuse, and the budget of the warm-up, are bought back later instead of being lost, and a burst
+of mined frames is paid back by a stricter threshold. Thresholds follow the pooled sketch, rebuilt
+every :data:`REFRESH_EVERY` distinct frames of the miner (and when remote sketches arrive).
 
 **Guards** (in this order, after the threshold): near-duplicate of a recently *mined* frame (cosine
 similarity ``>= duplicate_similarity``), per-camera cooldown on the frames' own timestamps, per-slice
@@ -29,9 +36,10 @@ hourly token bucket on the injected clock.
 ``memory_size`` frames *seen* (mined or not) in its slice — compared around the slice's running
 embedding centre, see :meth:`SelectionPolicy._unit` — is rejected outright and not added to the sketches: it
 carries no new information, so a camera stuck on one scene, a stationary vehicle or a replayed stream
-neither inflates the statistics nor gets a second chance at the threshold. This is also the
-within-batch diversity rule: candidates are taken in arrival order and the first of two near-identical
-frames wins. Rates are therefore per *distinct* frame; :meth:`stats` reports both.
+neither inflates the statistics nor gets a second chance at the threshold, and the same picture is never
+labeled twice. This is also the within-batch diversity rule: candidates are taken in arrival order and
+the first of two near-identical frames wins. :meth:`stats` reports the rate per frame seen and per
+distinct frame.
 """
 
 from __future__ import annotations
@@ -62,8 +70,13 @@ PRIORITY = "priority"
 REFRESH_EVERY = 16
 """Frames of a slice between two re-reads of its thresholds (more once its sketch is large)."""
 WARMUP_MIN_FRAMES = 20
-"""A warming-up slice borrows the pooled threshold once it has this many frames of its own."""
-"""Frames of a slice between two re-reads of its thresholds (fewer when its sketch is small)."""
+"""Frames of their own the score baselines (:mod:`avminer.selection.baselines`) need before they mine."""
+FLEET_RANKED = ("mi", "shift")
+"""Components of the full policy ranked against every slice's frames (the rest within the slice)."""
+CATCH_UP = (0.25, 16.0)
+"""Bounds of the catch-up factor on the mined fraction (module docstring)."""
+CATCH_UP_LABELS = 2.0
+"""Labels behind (ahead of) the budget that double (halve) the mined fraction."""
 SKETCH_ACCURACY = 0.0025
 """Relative accuracy of every sketch; every miner of a fleet must use the same."""
 
@@ -89,7 +102,7 @@ class Verdict:
     Attributes:
         mined: send it to labeling.
         reasons: for mined frames, the components that alone clear the threshold.
-        priority: the weighted max of tail surprises.
+        priority: the frame's priority (module docstring).
         rejected: why not mined: warmup, below_threshold, duplicate, cooldown or budget (None if mined).
         threshold: the slice's threshold when decided (None during warm-up).
         scores: ``novelty`` and the per-component surprises ``surprise_<component>``.
@@ -142,6 +155,7 @@ class _Slice:
     center: np.ndarray | None = None  # [D] running mean of the slice's embeddings
     center_n: int = 0
     snapshot: dict[str, QuantileSketch] | None = None
+    pool_version: int = -1  # the pooled sketches' version the snapshot holds
     threshold: float | None = None
     since_refresh: int = 0
     frames: int = 0
@@ -171,7 +185,9 @@ class SelectionPolicy:
         self._slices: dict[str, _Slice] = {}
         self._remote: dict[str, dict[str, dict[str, QuantileSketch]]] = {}
         self._last_mined: dict[str, float] = {}
-        self._pooled: tuple[int, QuantileSketch] | None = None
+        self._pool: dict[str, QuantileSketch] = {}  # name -> sketch over every slice, rebuilt lazily
+        self._pool_total = 0  # distinct frames of all slices when the pool was last rebuilt
+        self._pool_version = 0
         self._pooled_stale = False
         # The fleet sync merges remote sketches from its own thread; selection runs in the scoring thread.
         self._lock = threading.RLock()
@@ -205,35 +221,66 @@ class SelectionPolicy:
         return merged
 
     def _refresh(self, slice_key: str, st: _Slice) -> None:
-        st.snapshot = self._merged(slice_key)
+        """Re-read the slice's sketches: its own (merged with the fleet's), the fleet-ranked ones pooled."""
+        snapshot = self._merged(slice_key)
+        for name in FLEET_RANKED:
+            snapshot[name] = self._pooled_sketch(name)
+        st.snapshot = snapshot
         st.since_refresh = 0
-        pri = st.snapshot[PRIORITY]
-        warmup = max(self.settings.warmup_frames, 1)
-        if pri.count >= warmup:
-            st.threshold = pri.quantile(1.0 - st.rate)
-            return
-        # Warming up. Surprises are ranks within the slice, so priorities are distributed alike in every
-        # slice: borrow the threshold from all slices' priorities once this slice has a few frames.
-        pooled = self._pooled_priority()
-        enough = pri.count >= min(warmup, WARMUP_MIN_FRAMES) and pooled.count >= warmup
-        st.threshold = pooled.quantile(1.0 - st.rate) if enough else None
+        st.pool_version = self._pool_version
+        st.threshold = self._budget_threshold(st)
 
-    def _pooled_priority(self) -> QuantileSketch:
-        """Priority sketch of every slice, local and remote (cached for :data:`REFRESH_EVERY` frames)."""
+    def _budget_threshold(self, st: _Slice) -> float | None:
+        """The pooled priority's ``1 - q`` quantile, ``q`` per frame seen with catch-up (module docstring)."""
+        pooled = self._pooled_sketch(PRIORITY)
+        if pooled.count < max(self.settings.warmup_frames, 1):
+            return None
+        earned = sum(x.rate * x.frames for x in self._slices.values())
+        mined = sum(x.mined for x in self._slices.values())
+        catch_up = min(max(2.0 ** ((earned - mined) / CATCH_UP_LABELS), CATCH_UP[0]), CATCH_UP[1])
+        q = st.rate * st.frames / max(st.distinct, 1) * catch_up
+        return pooled.quantile(1.0 - min(q, 1.0))
+
+    def _pooled_sketch(self, name: str) -> QuantileSketch:
+        """One sketch of a component over every slice, local and remote.
+
+        Rebuilt every :data:`REFRESH_EVERY` distinct frames of all slices, every frame during the warm-up.
+        """
         total = sum(st.distinct for st in self._slices.values())
-        if self._pooled is None or total - self._pooled[0] >= REFRESH_EVERY or self._pooled_stale:
-            pooled = QuantileSketch(SKETCH_ACCURACY)
+        # Every frame while warming up (the pool is small and the first threshold should not wait).
+        step = REFRESH_EVERY if self._pool_total >= self.settings.warmup_frames else 1
+        if total - self._pool_total >= step or self._pooled_stale:
+            self._pool.clear()
+            self._pool_total, self._pooled_stale = total, False
+            self._pool_version += 1
+        sk = self._pool.get(name)
+        if sk is None:
+            sk = QuantileSketch(SKETCH_ACCURACY)
             for st in self._slices.values():
-                pooled.merge(st.local[PRIORITY])
+                sk.merge(st.local[name])
             for remote in self._remote.values():
                 for slice_sk in remote.values():
-                    if PRIORITY in slice_sk:
-                        pooled.merge(slice_sk[PRIORITY])
-            self._pooled, self._pooled_stale = (total, pooled), False
-        return self._pooled[1]
+                    if name in slice_sk:
+                        sk.merge(slice_sk[name])
+            self._pool[name] = sk
+        return sk
+
+    def _pooled_priority(self) -> QuantileSketch:
+        """Priority sketch of every slice, local and remote."""
+        return self._pooled_sketch(PRIORITY)
+
+    def pooled_quantile(self, q: float) -> float | None:
+        """The ``q`` quantile of the priority pooled over every slice and known miner (None if empty).
+
+        Every miner of a fleet that has merged the same publications reads the same value; the
+        thresholds themselves differ by each miner's own budget (frames seen, catch-up).
+        """
+        with self._lock:
+            pooled = self._pooled_sketch(PRIORITY)
+            return pooled.quantile(q) if pooled.count else None
 
     def threshold(self, slice_key: str) -> float | None:
-        """Current priority threshold of a slice (None while warming up)."""
+        """Current priority threshold of a slice with this miner's budget state (None while warming up)."""
         with self._lock:
             st = self._state(slice_key)
             self._refresh(slice_key, st)
@@ -290,8 +337,11 @@ class SelectionPolicy:
             st.seen_raw.add(raw)
 
         grown = max(REFRESH_EVERY, st.distinct // 100)
-        if st.snapshot is None or st.since_refresh >= grown or st.threshold is None and st.since_refresh:
+        self._pooled_sketch(PRIORITY)  # rebuilds the pool (a new version) when it is due
+        if st.snapshot is None or st.since_refresh >= grown or st.pool_version != self._pool_version:
             self._refresh(c.slice, st)
+        else:
+            st.threshold = self._budget_threshold(st)  # the budget moves with every frame seen and mined
         assert st.snapshot is not None
         values = {name: float(c.scores.get(name, 0.0)) for name in ("mi", "shift", "radar")}
         values["novelty"] = novelty
@@ -315,7 +365,7 @@ class SelectionPolicy:
         if not st.bucket.try_take():
             return self._reject(st, "budget", priority, extra)
         threshold = st.threshold
-        reasons = [REASONS[n] for n in COMPONENTS if n in surprise and self.weights[n] * surprise[n] > threshold]
+        reasons = self._reasons(surprise, threshold)
         if unit is not None:
             st.mined_memory.add(unit)
         self._last_mined[c.camera_key] = c.timestamp_s
@@ -323,8 +373,7 @@ class SelectionPolicy:
         st.reasons.update(reasons)
         return Verdict(True, reasons, priority, None, threshold, extra)
 
-    def _priority(self, sketches: Mapping[str, QuantileSketch], values: Mapping[str, float]
-                  ) -> tuple[float, dict[str, float]]:
+    def _surprises(self, sketches: Mapping[str, QuantileSketch], values: Mapping[str, float]) -> dict[str, float]:
         surprise: dict[str, float] = {}
         for name in COMPONENTS:
             if self.weights[name] <= 0.0:
@@ -332,7 +381,22 @@ class SelectionPolicy:
             sk = sketches[name]
             above = sk.count_above_one(float(values.get(name, 0.0))) if sk.count else 0.0
             surprise[name] = -math.log10((above + 0.5) / (sk.count + 1.0))
-        return max((self.weights[n] * v for n, v in surprise.items()), default=0.0), surprise
+        return surprise
+
+    def _priority(self, sketches: Mapping[str, QuantileSketch], values: Mapping[str, float]
+                  ) -> tuple[float, dict[str, float]]:
+        surprise = self._surprises(sketches, values)
+        weighted = {n: self.weights[n] * v for n, v in surprise.items()}
+        joint = sum(weighted.get(n, 0.0) for n in FLEET_RANKED)
+        return max([joint, *(v for n, v in weighted.items() if n not in FLEET_RANKED)]), surprise
+
+    def _reasons(self, surprise: Mapping[str, float], threshold: float) -> list[str]:
+        """The components that alone clear the threshold, else the largest weighted one."""
+        weighted = {n: self.weights[n] * surprise[n] for n in COMPONENTS if n in surprise}
+        reasons = [REASONS[n] for n, v in weighted.items() if v > threshold]
+        if not reasons and weighted:
+            reasons = [REASONS[max(weighted, key=lambda n: weighted[n])]]
+        return reasons
 
     def priority(self, slice_key: str, scores: Mapping[str, float]) -> tuple[float, dict[str, float]]:
         """Priority and per-component surprises a frame with ``scores`` would get now (read-only probe).
@@ -395,7 +459,8 @@ class SelectionPolicy:
                 st.seen_raw.clear()
                 st.mined_memory.clear()
                 st.center, st.center_n = None, 0
-            self._pooled = None
+            self._pool.clear()
+            self._pool_version += 1
 
     # -- observability ---------------------------------------------------------------------------------------
     def stats(self) -> dict[str, dict[str, Any]]:
@@ -409,7 +474,7 @@ class SelectionPolicy:
                 "distinct": st.distinct,
                 "mined": st.mined,
                 "mined_rate": st.mined / st.frames if st.frames else 0.0,
-                "distinct_rate": st.mined / st.distinct if st.distinct else 0.0,
+                "distinct_rate": st.mined / st.distinct if st.distinct else 0.0,  # above target: repeats' budget
                 "target_rate": st.rate,
                 "threshold": st.threshold,
                 "fleet_frames": st.snapshot[PRIORITY].count if st.snapshot else 0,

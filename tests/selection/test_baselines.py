@@ -81,11 +81,10 @@ def _stream(n_day: int = 3000, every: int = 50) -> list[Candidate]:
 
 
 def test_adaptive_budget_follows_unfamiliarity() -> None:
-    """A rare condition far from the training data gets labels under the adaptive policy, none under full.
+    """A rare condition far from the training data gets labels under the adaptive and the full policy.
 
     The rare slice is 2 % of the stream and its frames are *less* uncertain (the ensemble agrees on what it
-    has never seen); the full policy ranks them within their own slice at the base rate, after a warm-up
-    the slice hardly reaches; the adaptive policy ranks their shift against the whole fleet.
+    has never seen); both policies rank their shift against the whole fleet, from the slice's first frame.
     """
     cands = _stream()
     settings = SelectionSettings(target_rate=0.03, slice_rates={}, warmup_frames=200, camera_cooldown_s=0.0)
@@ -97,7 +96,8 @@ def test_adaptive_budget_follows_unfamiliarity() -> None:
             for key in ("day/clear/x", "dusk/clear/x")
         }
     full, adaptive = counts["SelectionPolicy"], counts["AdaptivePolicy"]
-    assert full["dusk/clear/x"] <= 2
     assert adaptive["dusk/clear/x"] >= 30  # most of the 60 rare frames, from the first ones after warm-up
-    # The fleet still mines about target_rate of its frames.
-    assert 0.5 * 0.03 * len(cands) < sum(adaptive.values()) < 1.5 * 0.03 * len(cands)
+    # The full policy adds the (low) MI surprise to the shift one, so it takes fewer, still 5x their share.
+    assert full["dusk/clear/x"] >= 0.1 * sum(full.values())
+    for counts_p in (full, adaptive):  # the fleet still mines about target_rate of its frames
+        assert 0.5 * 0.03 * len(cands) < sum(counts_p.values()) < 1.5 * 0.03 * len(cands)

@@ -66,14 +66,35 @@ def test_mined_rate_per_slice_within_20_percent_of_target() -> None:
         assert sum(st["reasons"].values()) >= st["mined"]
 
 
-def test_repeated_frames_mine_no_more_unique_frames() -> None:
-    settings = SelectionSettings(slice_rates=RATES, camera_cooldown_s=0.0)
-    once = run(SelectionPolicy(settings, clock=FakeClock()), synthetic_stream(3000, seed=1))
+def test_budget_counts_frames_seen_and_repeats_are_never_mined() -> None:
+    """A stream where every frame comes five times (a standstill) still mines ~rate x frames seen.
+
+    The four repeats of each picture are rejected as near-duplicates and never labeled, but the budget
+    they would have cost goes to other distinct frames: the miner spends what it is given.
+    """
+    settings = SelectionSettings(target_rate=0.02, slice_rates={}, camera_cooldown_s=0.0, warmup_frames=100)
     policy = SelectionPolicy(settings, clock=FakeClock())
-    repeated = run(policy, synthetic_stream(3000, seed=1, repeat=5))
-    assert len(once) > 50
-    assert len(repeated) <= len(once)
-    assert sum(st["rejected"].get("duplicate", 0) for st in policy.stats().values()) == 4 * 3000
+    cands = synthetic_stream(3000, seed=1, repeat=5)
+    mined = run(policy, cands)
+    stats = policy.stats()
+    frames = sum(st["frames"] for st in stats.values())
+    assert frames == 15_000
+    assert sum(st["rejected"].get("duplicate", 0) for st in stats.values()) >= 4 * 3000
+    assert sum(st["mined"] for st in stats.values()) == len(mined)  # no picture mined twice
+    assert len(mined) == pytest.approx(0.02 * frames, rel=0.2)
+    once = run(SelectionPolicy(settings, clock=FakeClock()), synthetic_stream(3000, seed=1))
+    assert len(once) == pytest.approx(0.02 * 3000, rel=0.2)
+
+
+def test_guard_refusals_are_bought_back() -> None:
+    """Frames the cooldown refuses do not shrink the budget: the threshold loosens until it is spent."""
+    settings = SelectionSettings(target_rate=0.05, slice_rates={}, camera_cooldown_s=5.0, warmup_frames=100)
+    policy = SelectionPolicy(settings, clock=FakeClock())
+    run(policy, synthetic_stream(6000, seed=2, cameras=3))  # one frame per second over 3 cameras
+    stats = policy.stats()
+    assert sum(st["rejected"].get("cooldown", 0) for st in stats.values()) > 0
+    mined, frames = (sum(st[k] for st in stats.values()) for k in ("mined", "frames"))
+    assert mined == pytest.approx(0.05 * frames, rel=0.2)
 
 
 def test_rate_resolution() -> None:
@@ -109,7 +130,7 @@ def test_warmup_then_reasons() -> None:
     _warm(policy, "day/clear/x")
     v = policy.select([_hot("b", "c1", "day/clear/x", 0.0, None, radar=1.0)])[0]
     assert v.mined and v.reasons == ["radar"] and v.threshold is not None and v.priority > v.threshold
-    v = policy.select([_hot("c", "c2", "day/clear/x", 0.0, None, mi=9.0, shift=1e4)])[0]
+    v = policy.select([_hot("c", "c2", "day/clear/x", 0.0, None, mi=1e3, shift=1e4)])[0]
     assert v.mined and v.reasons == ["uncertainty", "shift"]
     assert policy.select([_hot("d", "c3", "day/clear/x", 0.0, None, mi=0.0)])[0].rejected == "below_threshold"
 
@@ -122,21 +143,21 @@ def test_cooldown_budget_and_duplicates() -> None:
     rng = np.random.default_rng(0)
     e = [rng.normal(size=8).astype(np.float32) for _ in range(6)]
     # same camera within the cooldown: the second is refused
-    v = policy.select([_hot("1", "cam", "day/clear/x", 10.0, e[0], mi=50.0),
-                       _hot("2", "cam", "day/clear/x", 11.0, e[1], mi=50.0)])
+    v = policy.select([_hot("1", "cam", "day/clear/x", 10.0, e[0], mi=50.0, shift=1e4),
+                       _hot("2", "cam", "day/clear/x", 11.0, e[1], mi=50.0, shift=1e4)])
     assert [x.mined for x in v] == [True, False] and v[1].rejected == "cooldown"
     # a near-duplicate of a mined frame (seen long ago) is refused; diversity within a batch too
     near = e[0] + 1e-3
-    v = policy.select([_hot("3", "cam2", "day/clear/x", 20.0, near, mi=50.0)])
+    v = policy.select([_hot("3", "cam2", "day/clear/x", 20.0, near, mi=50.0, shift=1e4)])
     assert v[0].rejected == "duplicate"
-    v = policy.select([_hot("4", "cam3", "day/clear/x", 30.0, e[2], mi=50.0),
-                       _hot("5", "cam4", "day/clear/x", 30.0, e[2] * 1.01, mi=60.0)])
+    v = policy.select([_hot("4", "cam3", "day/clear/x", 30.0, e[2], mi=50.0, shift=1e4),
+                       _hot("5", "cam4", "day/clear/x", 30.0, e[2] * 1.01, mi=60.0, shift=1e4)])
     assert v[0].mined and v[1].rejected == "duplicate"
     # the hourly budget (2) is spent; an hour later it has refilled
-    v = policy.select([_hot("6", "cam5", "day/clear/x", 40.0, e[3], mi=50.0)])
+    v = policy.select([_hot("6", "cam5", "day/clear/x", 40.0, e[3], mi=50.0, shift=1e4)])
     assert v[0].rejected == "budget"
     clock.now += 3600
-    assert policy.select([_hot("7", "cam6", "day/clear/x", 50.0, e[4], mi=50.0)])[0].mined
+    assert policy.select([_hot("7", "cam6", "day/clear/x", 50.0, e[4], mi=50.0, shift=1e4)])[0].mined
 
 
 def test_token_bucket() -> None:

@@ -74,9 +74,17 @@ def _check_page(driver: Any, url: str, mined: list[dict[str, Any]]) -> None:
     assert len(cards) == len(mined) > 0
     shown = {c.find_element("css selector", ".fid").text for c in cards}
     assert shown == {m["frame_id"] for m in mined}
-    # Every frame and uncertainty map decoded (naturalWidth is 0 for a broken image).
-    widths = driver.execute_script(
-        "return Array.from(document.querySelectorAll('#gallery img')).map(i => i.complete ? i.naturalWidth : -1);")
+    # Every frame and uncertainty map decoded (naturalWidth is 0 for a broken image). The gallery loads
+    # lazily, as a person scrolling it would: bring each image into view, then wait for all to finish.
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    widths_js = ("return Array.from(document.querySelectorAll('#gallery img'))"
+                 ".map(i => i.complete ? i.naturalWidth : -1);")
+    for img in driver.find_elements("css selector", "#gallery img"):
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", img)
+    WebDriverWait(driver, 30).until(lambda d: min(d.execute_script(widths_js), default=0) != -1)
+    driver.execute_script("window.scrollTo(0, 0);")
+    widths = driver.execute_script(widths_js)
     assert len(widths) == 2 * len(mined) and min(widths) > 0, widths
     count = driver.find_element("id", "filter-count")
     assert count.text == f"{len(mined)} of {len(mined)} mined frames shown"

@@ -75,6 +75,9 @@ CAMVID = Taxonomy(
 )
 """CamVid's 11 classes (SegNet release); the model's own output classes."""
 
+RARE_CLASSES: tuple[str, ...] = ("pedestrian", "bicyclist", "sign_symbol")
+"""CamVid classes that are few pixels but matter most: the scoring head weighs their pixels' MI up."""
+
 IDD_LEVEL1 = Taxonomy(
     name="idd_level1",
     classes=("drivable", "non_drivable", "living_things", "vehicles", "roadside_objects", "far_objects", "sky"),

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from avminer.errors import BundleError, EngineError
+from avminer.taxonomy import RARE_CLASSES  # their pixels count up to rare_class_weight times in pooled mi
 
 MEASURES = ("mi", "entropy", "expected_entropy", "variation_ratio", "margin")
 """Pixel measures the head computes (see :mod:`avminer.scoring.uncertainty` for their definitions)."""
@@ -47,9 +48,6 @@ OUTPUT_ARGMAX = "argmax"
 OUTPUT_PROBS = "probs"
 COMPACT_OUTPUTS = (OUTPUT_SCORES, OUTPUT_FEATURES, OUTPUT_UMAP, OUTPUT_ARGMAX)
 """Graph outputs every bundle of format 2 has; ``probs`` is the optional fifth."""
-
-RARE_CLASSES = ("pedestrian", "bicyclist", "sign_symbol")
-"""Class names whose pixels count up to ``rare_class_weight`` times in the pooled ``mi`` scores."""
 
 
 @dataclass(frozen=True)

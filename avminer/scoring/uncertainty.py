@@ -21,7 +21,7 @@ another 60 MB). Entropies are in nats: ``0 <= EE <= PE <= log C`` and ``0 <= MI 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,9 +32,6 @@ F32 = NDArray[np.float32]
 
 MEASURES = ("mi", "entropy", "expected_entropy", "variation_ratio", "margin")
 """Names of the pixel maps :func:`uncertainty_maps` can compute."""
-
-RARE_CLASSES = ("pedestrian", "bicyclist", "sign_symbol")
-"""Classes whose pixels :func:`rare_class_weights` up-weights."""
 
 _EPS = np.float32(1e-12)  # probabilities are clipped here before log: log(0) stays finite, p log p -> 0
 
@@ -152,23 +149,6 @@ def margin(probs: np.ndarray) -> F32:
 # --------------------------------------------------------------------------------------------------
 # Pixel -> frame pooling
 # --------------------------------------------------------------------------------------------------
-def rare_class_weights(prediction: np.ndarray, classes: Sequence[str], weight: float,
-                       rare: Sequence[str] = RARE_CLASSES) -> F32:
-    """Per-pixel weights: ``weight`` where the prediction is a rare class, 1 elsewhere.
-
-    Args:
-        prediction: class ids ``[N, H, W]`` (argmax of the mean probabilities).
-        classes: class names by id (the bundle's ``classes``).
-        weight: weight of rare-class pixels (``settings.scoring.rare_class_weight``).
-        rare: names of the rare classes; names not in ``classes`` are ignored.
-    """
-    ids = [i for i, name in enumerate(classes) if name in set(rare)]
-    w = np.ones(np.shape(prediction), dtype=np.float32)
-    if ids:
-        w[np.isin(prediction, ids)] = np.float32(weight)
-    return w
-
-
 def aggregate(
     pixel_map: np.ndarray,
     method: str = "mean",
@@ -185,8 +165,8 @@ def aggregate(
             ``grid x grid`` partition, max over cells: a confusing region wins).
         topk_fraction: fraction of pixels kept by ``topk`` (at least one pixel).
         grid: cells per side for ``grid`` (capped at the map's height and width).
-        weights: optional ``[N, H, W]`` multiplicative weights applied to the map before pooling (e.g.
-            :func:`rare_class_weights`): a weighted pixel counts as ``weight`` times its value.
+        weights: optional ``[N, H, W]`` multiplicative weights applied to the map before pooling (e.g. the
+            scoring head's rare-class weights): a weighted pixel counts as ``weight`` times its value.
 
     Returns:
         ``[N]`` float32; lies between the min and the max of the (weighted) map of each frame.

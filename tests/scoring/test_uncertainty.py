@@ -17,7 +17,6 @@ from avminer.scoring.uncertainty import (
     mean_prediction,
     mutual_information,
     predictive_entropy,
-    rare_class_weights,
     uncertainty_maps,
     variation_ratio,
 )
@@ -133,10 +132,3 @@ def test_aggregation_examples() -> None:
     assert aggregate(x, "grid", grid=2)[0] == pytest.approx(4.0)  # the cell holding the hot pixel
     with pytest.raises(ScoringError, match="unknown aggregation"):
         aggregate(x, "median")
-
-
-def test_rare_class_weights() -> None:
-    classes = ["road", "pedestrian", "car", "sign_symbol"]
-    pred = np.array([[[0, 1], [2, 3]]])
-    w = rare_class_weights(pred, classes, 3.0)
-    np.testing.assert_array_equal(w, [[[1, 3], [1, 3]]])

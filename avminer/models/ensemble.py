@@ -141,24 +141,38 @@ def save_ensemble(model: Ensemble, arch: dict[str, Any] | None, path: str | Path
     return out
 
 
+def load_plain(path: str | Path, noun: str, *, map_location: str | torch.device = "cpu", hint: str = "") -> Any:
+    """``torch.load`` with ``weights_only=True``, its failures turned into one-line :class:`TrainerError` s.
+
+    Tensors and plain containers only: a planted pickle is refused and runs nothing.
+
+    Args:
+        path: the file.
+        noun: what it is, for the messages (``model``, ``checkpoint``).
+        map_location: where tensors go.
+        hint: appended to the messages of an unreadable or refused file (e.g. how to recover).
+    """
+    try:
+        return torch.load(Path(path), map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise TrainerError(f"{path}: no such {noun} file") from None
+    except pickle.UnpicklingError as exc:
+        if "unsupported global" not in str(exc).lower():  # corrupt, not planted
+            raise TrainerError(f"{path}: not a readable {noun} file (bad pickle data){hint}") from exc
+        raise TrainerError(f"{path}: refused: the {noun} file holds objects other than tensors and plain "
+                           f"values (it may run code){hint}") from exc
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TrainerError(f"{path}: not a readable {noun} file ({first}){hint}") from exc
+
+
 def load_ensemble(path: str | Path, map_location: str | torch.device = "cpu") -> Ensemble:
     """Rebuild an ensemble from ``model.pt`` in eval mode.
 
     Raises:
         TrainerError: the file is missing, not a model.pt, or its weights do not fit its arch.
     """
-    try:
-        blob = torch.load(Path(path), map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise TrainerError(f"{path}: no such model file") from None
-    except pickle.UnpicklingError as exc:
-        if "unsupported global" not in str(exc).lower():  # corrupt, not planted
-            raise TrainerError(f"{path}: not a readable model file (bad pickle data)") from exc
-        raise TrainerError(f"{path}: refused: model.pt holds objects other than tensors and plain values "
-                           "(it may run code)") from exc
-    except (OSError, RuntimeError, EOFError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise TrainerError(f"{path}: not a readable model.pt ({first})") from exc
+    blob = load_plain(path, "model", map_location=map_location)
     if not isinstance(blob, dict) or "arch" not in blob or "state_dict" not in blob:
         raise TrainerError(f"{path}: expected a dict with 'arch' and 'state_dict' (avminer save_ensemble)")
     model = Ensemble(blob["arch"])

@@ -40,7 +40,7 @@ import torch
 from numpy.typing import NDArray
 
 from avminer.errors import ConfigError, TrainerError
-from avminer.models.ensemble import Ensemble
+from avminer.models.ensemble import Ensemble, load_plain
 from avminer.taxonomy import TaxonomyMapping, confusion, iou_per_class, mean_iou
 from avminer.trainer.coarse import coarse_class_weights
 from avminer.trainer.data import VOID, LabeledFrames, augment_batch, batches, enet_class_weights, to_tensors
@@ -276,19 +276,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     Raises:
         TrainerError: unreadable or not a checkpoint.
     """
-    import pickle
-
-    try:
-        # weights_only: tensors and plain containers only; a planted checkpoint cannot run code.
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "unsupported global" not in str(exc).lower():  # corrupt, not planted
-            raise TrainerError(f"{path}: not a readable checkpoint file (bad pickle data)") from exc
-        raise TrainerError(f"{path}: refused: the checkpoint holds objects other than tensors and plain "
-                           "values (it may run code); delete it to start over") from exc
-    except (OSError, RuntimeError, EOFError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise TrainerError(f"{path}: unreadable checkpoint ({first}); delete it to start over") from exc
+    state = load_plain(path, "checkpoint", hint="; delete it to start over")
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise TrainerError(f"{path}: not an avminer training checkpoint; delete it to start over")
     return state

@@ -261,7 +261,11 @@ class SelectionSettings:
     )
     seed: int = field(default=0, metadata=_help("Seed of the random baseline's draws."))
     target_rate: float = field(
-        default=0.001, metadata=_help("Fraction of frames mined per slice, counted over frames seen (repeats too).")
+        default=0.001,
+        metadata=_help(
+            "Fraction of frames mined, counted over frames seen (repeats too). The full policy spends it where"
+            " the priorities are highest: a slice's rate is the share of the pooled ranking its frames must beat."
+        ),
     )
     slice_rates: dict[str, float] = field(
         default_factory=lambda: {"dusk/*/*": 0.005, "night/*/*": 0.005, "*/fog/*": 0.005, "*/rain/*": 0.005,
@@ -288,6 +292,13 @@ class SelectionSettings:
     memory_size: int = field(default=2048, metadata=_help("Recently mined embeddings kept for duplicate checks."))
     warmup_frames: int = field(
         default=200, metadata=_help("Frames per slice seen before quantile thresholds are trusted.")
+    )
+    rank_window: int = field(
+        default=4096,
+        metadata=_help(
+            "Recent distinct frames whose priorities, re-scored against the current sketches, set the full"
+            " policy's threshold (its budget is a fraction of them); a new model starts a new window."
+        ),
     )
     fleet_sketches: bool = field(
         default=True, metadata=_help("Publish and merge per-slice sketches over Kafka for fleet-wide thresholds.")
@@ -469,6 +480,7 @@ class Settings:
             (0 < self.selection.duplicate_similarity <= 1, "selection.duplicate_similarity", "must be in (0, 1]"),
             (self.selection.memory_size >= 0, "selection.memory_size", "must be >= 0"),
             (self.selection.warmup_frames >= 0, "selection.warmup_frames", "must be >= 0"),
+            (self.selection.rank_window >= 16, "selection.rank_window", "must be >= 16"),
             (self.selection.sketch_publish_interval_s >= 0, "selection.sketch_publish_interval_s", "must be >= 0"),
             (self.batcher.stage_nice >= 0, "batcher.stage_nice", "must be >= 0"),
             (self.batcher.heap_keep_mb >= 0, "batcher.heap_keep_mb", "must be >= 0"),

@@ -117,4 +117,9 @@ def print_summary(report: dict[str, Any], say: Any) -> None:
         say(f"{name}: reaches random's final worst ({g['random_final_worst']:.3f} at {g['random_final_labels']:.0f} labels) "
             + (f"with {g['labels_to_reach_random_final']:.0f} labels ({frac:.0%})" if frac is not None
                else "-- random did not improve on the starting model" if not g["random_improved_worst"] else "never")
-            + "; beats by > spread: " + ", ".join(f"{b} {sum(v)}/{len(v)}" for b, v in g["beats_by_more_than_spread"].items()))
+            + "; beats by > spread, same round: " + ", ".join(f"{b} {sum(v)}/{len(v)}" for b, v in g["beats_by_more_than_spread"].items()))
+        for b, rows in g["at_equal_labels"].items():
+            say(f"  vs {b} at equal labels: " + "  ".join(
+                f"{r['labels']:.0f}: {r['mine']:.3f} vs " + (f"{r['theirs']:.3f} (spread {r['spread']:.3f}"
+                                                              f"{', win' if r['win'] else ''})" if r["theirs"] is not None
+                                                              else "beyond its labels") for r in rows))

@@ -9,8 +9,9 @@ into ``rounds`` consecutive segments. Per round:
    is the label budget per round as a fraction of the segment;
 2. **label**: the label requests the miner wrote (``requests.jsonl``) are answered by the oracle
    (:class:`avminer.labels.oracle.OracleLabeler`) from the stream's ground-truth side file. Labels of
-   another taxonomy (IDD's level-1 groups) are made trainable by :func:`avminer.trainer.mapped_labels.lift_labels`
-   (one-to-one groups only; see there);
+   another taxonomy (IDD's level-1 groups) are trained on through the groups' summed probabilities
+   (:mod:`avminer.trainer.coarse`); held out for the gates, which score fine classes, they keep the groups
+   that are one class (:func:`avminer.trainer.mapped_labels.lift_labels`);
 3. **train**: :func:`avminer.trainer.train.train_ensemble` fine-tunes a copy of the production model
    (warm start) for ``steps`` optimiser steps on every label bought so far plus a replay of the base data
    (what the production model was trained on; as the trainer service's ``base_data``). As the trainer
@@ -32,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -293,6 +295,13 @@ class _Data:
         self.initial = prepare_initial(cfg, self.base)
 
 
+def _one(taxonomies: set[str]) -> str:
+    """The one coarse taxonomy among the bought labels ("" for none); the trainer takes one at a time."""
+    if len(taxonomies) > 1:
+        raise DatasetError(f"labels in several coarse taxonomies {sorted(taxonomies)}: the trainer takes one")
+    return next(iter(taxonomies), "")
+
+
 def _label_frames(items: list[tuple[np.ndarray, np.ndarray, str, str]]) -> Any:
     from avminer.trainer.data import LabeledFrames
 
@@ -355,6 +364,7 @@ def run_one(cfg: BacktestConfig, settings: Settings, strategy: str, seed: int, d
     from avminer.selection.registry import make_policy
     from avminer.sinks.local import read_requests
     from avminer.taxonomy import CAMVID, TAXONOMIES, mapping
+    from avminer.trainer.coarse import encode_coarse
     from avminer.trainer.data import LabeledFrames
     from avminer.trainer.gates import compare, enforce, gate_groups, gate_metrics
     from avminer.trainer.mapped_labels import lift_labels
@@ -366,7 +376,9 @@ def run_one(cfg: BacktestConfig, settings: Settings, strategy: str, seed: int, d
     data = data or _Data(cfg)
     set_threads(cfg.threads)
     run_dir = cfg.out / "runs" / f"{strategy}-s{seed}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # What an interrupted run left (requests the oracle would answer again, releases) starts over.
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
     s0 = run_settings(settings, cfg, strategy, seed, run_dir / "round-0")
     holder = EngineHolder.from_settings(s0)
     loaded = holder.load(data.initial)
@@ -380,6 +392,7 @@ def run_one(cfg: BacktestConfig, settings: Settings, strategy: str, seed: int, d
     gate_base = data.base.subset(sorted(order[: cfg.gate_base].tolist()))
     replay_pool = order[cfg.gate_base:]
     bought: list[tuple[np.ndarray, np.ndarray, str, str]] = []
+    coarse: set[str] = set()  # taxonomies of the coarse labels among the bought ones (trainer.coarse)
     held: list[tuple[np.ndarray, np.ndarray, str, str]] = []
     rounds: list[dict[str, Any]] = []
     total = 0
@@ -405,19 +418,23 @@ def run_one(cfg: BacktestConfig, settings: Settings, strategy: str, seed: int, d
                 label = np.asarray(Image.fromarray(label).resize((w, h), Image.Resampling.NEAREST), np.uint8)
                 tax = TAXONOMIES.get(data.frame_taxonomy.get(req.frame_id, data.default_taxonomy.name),
                                      data.default_taxonomy)
+                holdout = is_holdout(req.sample_id)
                 if tax != CAMVID:
                     to_tax = mapping(CAMVID, tax)
                     if to_tax is None:
                         log.warning("frame %s is labeled in %s, with no mapping from %s: not trained on",
                                     req.frame_id, tax.name, CAMVID.name)
                         label = np.full_like(label, CAMVID.void)
-                    else:
+                    elif holdout:  # the gates score fine classes: the groups that are one class
                         label = lift_labels(label, to_tax)
+                    else:  # trained on through the groups' summed probabilities
+                        label = encode_coarse(label, to_tax, CAMVID.void)
+                        coarse.add(tax.name)
                 image = np.asarray(d.image, np.uint8)
                 if image.shape[:2] != (h, w):
                     image = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR), np.uint8)
                 item = (image, label, req.frame_id, d.decision.slice)
-                (held if is_holdout(req.sample_id) else bought).append(item)
+                (held if holdout else bought).append(item)
                 cond_bought[_condition_of(d.frame)] += 1
                 new += 1
             total += new
@@ -433,7 +450,7 @@ def run_one(cfg: BacktestConfig, settings: Settings, strategy: str, seed: int, d
                 steps_per_epoch = max(1, len(train) // cfg.batch_size)
                 tc = TrainConfig(epochs=max(1, math.ceil(cfg.steps / steps_per_epoch)), batch_size=cfg.batch_size,
                                  lr=cfg.lr, seed=seed * 1000 + r, threads=cfg.threads, progress=False,
-                                 eval_every=10**9)
+                                 eval_every=10**9, coarse_taxonomy=_one(coarse))
                 candidate = load_ensemble(Path(holder.current.bundle.path) / "model.pt")
                 candidate = train_ensemble(candidate, train, tc, work_dir=None).model
                 times["train"] = time.perf_counter() - t2
@@ -594,6 +611,7 @@ def summarise(runs: list[dict[str, Any]], initial: dict[str, Any], stream_counts
             curve.append({
                 "round": k + 1,
                 "labels": float(np.mean([row["labels_total"] for row in rows])),
+                "labels_per_seed": [row["labels_total"] for row in rows],
                 "worst": float(np.mean(worst)), "worst_min": float(min(worst)), "worst_max": float(max(worst)),
                 "worst_per_seed": worst,
                 "worst_conditions": [row["worst_condition"] for row in rows],
@@ -631,7 +649,7 @@ def _common(row: dict[str, Any], condition: str) -> float:
 
 def _goals(strategies: dict[str, Any], initial: dict[str, Any]) -> dict[str, Any]:
     """The issue's goals for each non-baseline policy, measured against the baselines."""
-    baselines = [s for s in ("random", "entropy", "mi") if s in strategies]
+    baselines = [s for s in ("random", "entropy", "mi", "bald") if s in strategies]
     out: dict[str, Any] = {}
     if "random" not in strategies:
         return out
@@ -654,6 +672,7 @@ def _goals(strategies: dict[str, Any], initial: dict[str, Any]) -> dict[str, Any
                 spread = max(mine["worst_max"] - mine["worst_min"], theirs["worst_max"] - theirs["worst_min"])
                 rows.append(mine["worst"] - theirs["worst"] > spread)
             beats[b] = rows
+        equal = {b: _at_equal_labels(curve, strategies[b]["curve"], start) for b in baselines}
         day = _day_gap(curve, rnd)
         out[name] = {
             "random_final_worst": target, "random_final_labels": rnd[-1]["labels"],
@@ -661,9 +680,37 @@ def _goals(strategies: dict[str, Any], initial: dict[str, Any]) -> dict[str, Any
             "labels_to_reach_random_final": reach,
             "label_fraction_of_random": reach / rnd[-1]["labels"] if reach is not None and rnd[-1]["labels"] else None,
             "beats_by_more_than_spread": beats,
+            "at_equal_labels": equal,
             "day_below_random_by": day,
             "rare_buy_ratio": strategies[name]["rare_buy_ratio"],
         }
+    return out
+
+
+def _at_equal_labels(curve: list[dict[str, Any]], theirs: list[dict[str, Any]], start: float
+                     ) -> list[dict[str, Any]]:
+    """Per round of a policy: a baseline's worst-condition mIoU at the same number of labels.
+
+    Each of the baseline's seeds is a curve (labels, worst) from (0, starting model), read at the policy's
+    mean labels of that round by linear interpolation; ``theirs`` is None where that is beyond what the
+    baseline bought. ``win``: the gap exceeds the larger of the two seed spreads.
+    """
+    out: list[dict[str, Any]] = []
+    for row in curve:
+        at = row["labels"]
+        values = []
+        for seed in range(len(theirs[0]["worst_per_seed"])):
+            xs = [0.0] + [float(c["labels_per_seed"][seed]) for c in theirs]
+            ys = [start] + [float(c["worst_per_seed"][seed]) for c in theirs]
+            values.append(float(np.interp(at, xs, ys)) if at <= xs[-1] else None)
+        if any(v is None for v in values):
+            out.append({"labels": at, "mine": row["worst"], "theirs": None, "spread": None, "win": None})
+            continue
+        got = [float(v) for v in values if v is not None]
+        spread = max(row["worst_max"] - row["worst_min"], max(got) - min(got))
+        theirs_mean = float(np.mean(got))
+        out.append({"labels": at, "mine": row["worst"], "theirs": theirs_mean, "spread": spread,
+                    "win": row["worst"] - theirs_mean > spread})
     return out
 
 

@@ -88,11 +88,12 @@ class Selected:
     rejected: str | None
 
 
-def candidate(frame: FrameRef, scored: ScoredFrame) -> Candidate:
+def candidate(frame: FrameRef, scored: ScoredFrame, model_version: str = "") -> Candidate:
     """The policy's view of one scored frame."""
     return Candidate(
         sample_id=frame.sample_id, camera_key=f"{frame.vehicle_id}/{frame.camera_id}", slice=scored.slice,
         scores=dict(scored.scores), embedding=scored.embedding, timestamp_s=frame.timestamp_us / 1e6,
+        model_version=model_version,
     )
 
 
@@ -114,7 +115,7 @@ def decide(
         model_version: the model that scored them (every Decision names it).
         now_us: decision time (default: now).
     """
-    verdicts = policy.select([candidate(f, s) for f, s in zip(frames, scored, strict=True)])
+    verdicts = policy.select([candidate(f, s, model_version) for f, s in zip(frames, scored, strict=True)])
     decided_at = int(time.time() * 1_000_000) if now_us is None else now_us
     out = []
     for frame, s, v, pos in zip(frames, scored, verdicts, positions, strict=True):

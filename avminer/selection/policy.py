@@ -15,18 +15,27 @@ so the sum ranks the joint rarity, whatever the scores' scales), radar or novelt
 their own. The reasons of a mined frame are the components that alone clear the threshold
 (``uncertainty``, ``shift``, ``radar``, ``novelty``), else the largest contributor.
 
-**Threshold and budget.** One priority sketch pools every slice (local and remote); a slice's frame is
-mined iff ``priority > quantile(1 - q)`` of it, from the slice's first frame on once the pool holds
-``warmup_frames`` frames (before that nothing is mined: ``warmup``). ``rate`` is
-``settings.slice_rates[slice]`` if the key is there exactly (an exact key may also lower a slice's
-rate), else the highest of ``settings.target_rate`` and the rates of matching wildcard patterns
-(patterns only raise a rate). The budget counts **frames seen**, near-duplicates included: ``q = rate
-x (frames seen / distinct frames) x catch-up``, so what a standstill's repeats would have cost goes to
-the next best distinct frames, and ``catch-up = 2 ** ((earned - mined) / CATCH_UP_LABELS)`` (bounded
-by :data:`CATCH_UP`) over this miner's slices, ``earned = sum of rate x frames seen``: frames the guards
-below refuse, and the budget of the warm-up, are bought back later instead of being lost, and a burst
-of mined frames is paid back by a stricter threshold. Thresholds follow the pooled sketch, rebuilt
-every :data:`REFRESH_EVERY` distinct frames of the miner (and when remote sketches arrive).
+**Threshold and budget.** A frame is mined iff ``priority > threshold``, the ``1 - q`` quantile of the
+priorities of this miner's last ``rank_window`` distinct frames (every slice), **re-scored against the
+current sketches** — the same statistics the new frame is ranked against (a priority recorded when a frame
+arrived was measured against fewer, older frames and is not comparable: early frames would crowd the top).
+Until this miner has ``warmup_frames`` distinct frames the fleet's pooled priority sketch stands in if it
+holds that many, else nothing is mined (``warmup``). ``rate`` is ``settings.slice_rates[slice]`` if the
+key is there exactly (an exact key may also lower a slice's rate), else the highest of
+``settings.target_rate`` and the rates of matching wildcard patterns (patterns only raise a rate). The
+budget counts **frames seen**, near-duplicates included: ``q = rate x (frames seen / distinct frames, over
+all slices) x catch-up``, so what a standstill's repeats would have cost goes to the best distinct frames
+wherever they are, and ``catch-up = 2 ** ((earned - mined) / CATCH_UP_LABELS)`` bounded by
+:data:`CATCH_UP` (``earned = sum of rate x frames seen``): refusals of the guards below and the warm-up are
+bought back, a burst is paid back, both gently — a quiet stretch of ordinary frames must not pull the bar
+down into the common case, nor a burst of unfamiliar frames (a vehicle driving into dusk) be turned away
+because the budget ran ahead. With default rates every slice has the same threshold: how much of the
+budget a condition gets follows its priorities, i.e. measured unfamiliarity and uncertainty.
+
+**A new model** (a hot-swapped release: frames carry the model version) scores on another scale and
+embeds in another space: embedding memories are cleared at once; its frames are ranked against the old
+model's statistics until ``warmup_frames`` of them are gathered, which then replace the old (no warm-up
+gap at each release).
 
 **Guards** (in this order, after the threshold): near-duplicate of a recently *mined* frame (cosine
 similarity ``>= duplicate_similarity``), per-camera cooldown on the frames' own timestamps, per-slice
@@ -59,6 +68,7 @@ from avminer.config import SelectionSettings
 from avminer.errors import SelectionError
 from avminer.selection.budget import TokenBucket
 from avminer.selection.memory import EmbeddingMemory, normalize
+from avminer.selection.recent import RecentScores
 from avminer.selection.sketch import QuantileSketch
 from avminer.utils.packing import PackingError, pack_named, unpack_named
 
@@ -73,9 +83,9 @@ WARMUP_MIN_FRAMES = 20
 """Frames of their own the score baselines (:mod:`avminer.selection.baselines`) need before they mine."""
 FLEET_RANKED = ("mi", "shift")
 """Components of the full policy ranked against every slice's frames (the rest within the slice)."""
-CATCH_UP = (0.25, 16.0)
+CATCH_UP = (0.5, 2.0)
 """Bounds of the catch-up factor on the mined fraction (module docstring)."""
-CATCH_UP_LABELS = 2.0
+CATCH_UP_LABELS = 4.0
 """Labels behind (ahead of) the budget that double (halve) the mined fraction."""
 SKETCH_ACCURACY = 0.0025
 """Relative accuracy of every sketch; every miner of a fleet must use the same."""
@@ -93,6 +103,7 @@ class Candidate:
     scores: Mapping[str, float]  # at least mi, shift, radar (missing ones count as 0)
     embedding: np.ndarray | None  # [D]; None disables duplicate checks and novelty for this frame
     timestamp_s: float  # the frame's own time (cooldown runs on it, so replays behave like live)
+    model_version: str = ""  # the model that scored it: a new one starts new statistics ("" = unknown)
 
 
 @dataclass
@@ -189,6 +200,12 @@ class SelectionPolicy:
         self._pool_total = 0  # distinct frames of all slices when the pool was last rebuilt
         self._pool_version = 0
         self._pooled_stale = False
+        self._recent = RecentScores(settings.rank_window, len(COMPONENTS))
+        self._ranked: np.ndarray | None = None  # sorted priorities of the recent frames, re-scored now
+        self._ranked_at = 0  # distinct frames (every slice) when _ranked was computed
+        self._model_version: str | None = None
+        # Statistics of a new model gathered while the old model's still rank (see _new_model).
+        self._next: tuple[dict[str, dict[str, QuantileSketch]], RecentScores] | None = None
         # The fleet sync merges remote sketches from its own thread; selection runs in the scoring thread.
         self._lock = threading.RLock()
 
@@ -211,6 +228,14 @@ class SelectionPolicy:
         return st
 
     # -- thresholds ----------------------------------------------------------------------------------------
+    def _sketches(self, slice_key: str) -> dict[str, QuantileSketch]:
+        """What a slice's frames are ranked against: its own sketches merged with the fleet's, the
+        fleet-ranked components pooled over every slice."""
+        snapshot = self._merged(slice_key)
+        for name in FLEET_RANKED:
+            snapshot[name] = self._pooled_sketch(name)
+        return snapshot
+
     def _merged(self, slice_key: str) -> dict[str, QuantileSketch]:
         st = self._state(slice_key)
         merged = {name: sk.copy() for name, sk in st.local.items()}
@@ -222,24 +247,65 @@ class SelectionPolicy:
 
     def _refresh(self, slice_key: str, st: _Slice) -> None:
         """Re-read the slice's sketches: its own (merged with the fleet's), the fleet-ranked ones pooled."""
-        snapshot = self._merged(slice_key)
-        for name in FLEET_RANKED:
-            snapshot[name] = self._pooled_sketch(name)
-        st.snapshot = snapshot
+        st.snapshot = self._sketches(slice_key)
         st.since_refresh = 0
         st.pool_version = self._pool_version
         st.threshold = self._budget_threshold(st)
 
     def _budget_threshold(self, st: _Slice) -> float | None:
-        """The pooled priority's ``1 - q`` quantile, ``q`` per frame seen with catch-up (module docstring)."""
+        """The ``1 - q`` quantile of the recent frames' priorities, ``q`` per frame seen with catch-up.
+
+        ``q = rate x (frames seen / distinct frames, over every slice) x catch-up`` (module docstring). The
+        priorities are the recent frames' re-scored now (:meth:`_recent_priorities`); until this miner has
+        ``warmup_frames`` of its own, the fleet's pooled priority sketch stands in, if it is large enough.
+        """
+        warmup = max(self.settings.warmup_frames, 1)
         pooled = self._pooled_sketch(PRIORITY)
-        if pooled.count < max(self.settings.warmup_frames, 1):
+        if len(self._recent) < warmup and pooled.count < warmup:
             return None
+        frames = sum(x.frames for x in self._slices.values())
+        distinct = sum(x.distinct for x in self._slices.values())
         earned = sum(x.rate * x.frames for x in self._slices.values())
         mined = sum(x.mined for x in self._slices.values())
         catch_up = min(max(2.0 ** ((earned - mined) / CATCH_UP_LABELS), CATCH_UP[0]), CATCH_UP[1])
-        q = st.rate * st.frames / max(st.distinct, 1) * catch_up
-        return pooled.quantile(1.0 - min(q, 1.0))
+        q = min(st.rate * frames / max(distinct, 1) * catch_up, 1.0)
+        if len(self._recent) < warmup:
+            return pooled.quantile(1.0 - q)
+        ranked = self._recent_priorities()
+        return float(ranked[min(int((1.0 - q) * len(ranked)), len(ranked) - 1)])
+
+    def _recent_priorities(self) -> np.ndarray:
+        """Sorted priorities of the last ``rank_window`` distinct frames against the current sketches.
+
+        A priority is a tail surprise against everything seen so far, so one recorded when a frame arrived
+        (against fewer, older frames) is not comparable with one computed now; re-scoring keeps the
+        threshold and the frame it judges on one scale. Recomputed every :data:`REFRESH_EVERY` distinct
+        frames, or every 1/16 of the window once it is larger (the statistics move slowly then), and when
+        the fleet's sketches or the model change.
+        """
+        total = sum(x.distinct for x in self._slices.values())
+        if self._ranked is None or total - self._ranked_at >= max(REFRESH_EVERY, len(self._recent) // 16):
+            parts = []
+            for key, values in self._recent.by_slice().items():
+                st = self._slices[key]
+                snapshot = st.snapshot if st.pool_version == self._pool_version else None
+                parts.append(self._priorities(snapshot or self._sketches(key), values))
+            self._ranked = np.sort(np.concatenate(parts)) if parts else np.zeros(0)
+            self._ranked_at = total
+        return self._ranked
+
+    def _priorities(self, sketches: Mapping[str, QuantileSketch], values: np.ndarray) -> np.ndarray:
+        """:meth:`_priority` of many frames, ``values [n, len(COMPONENTS)]`` -> ``[n]``."""
+        weighted: dict[str, np.ndarray] = {}
+        for j, name in enumerate(COMPONENTS):
+            if self.weights[name] <= 0.0:
+                continue
+            sk = sketches[name]
+            above = sk.count_above(values[:, j]) if sk.count else np.zeros(len(values))
+            weighted[name] = self.weights[name] * -np.log10((above + 0.5) / (sk.count + 1.0))
+        joint = sum((weighted[n] for n in FLEET_RANKED if n in weighted), np.zeros(len(values)))
+        out: np.ndarray = np.max(np.stack([joint, *(v for n, v in weighted.items() if n not in FLEET_RANKED)]), axis=0)
+        return out
 
     def _pooled_sketch(self, name: str) -> QuantileSketch:
         """One sketch of a component over every slice, local and remote.
@@ -298,7 +364,14 @@ class SelectionPolicy:
         for c in cands:
             if c.embedding is not None and not np.isfinite(np.asarray(c.embedding, dtype=np.float32)).all():
                 raise SelectionError(f"candidate {c.sample_id}: embedding has NaN or inf")
-        return [self._decide(c) for c in cands]
+        out = []
+        for c in cands:
+            if c.model_version and c.model_version != self._model_version:
+                if self._model_version is not None:
+                    self._new_model()
+                self._model_version = c.model_version
+            out.append(self._decide(c))
+        return out
 
     @staticmethod
     def _unit(st: _Slice, embedding: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
@@ -346,9 +419,7 @@ class SelectionPolicy:
         values = {name: float(c.scores.get(name, 0.0)) for name in ("mi", "shift", "radar")}
         values["novelty"] = novelty
         priority, surprise = self._priority(st.snapshot, values)
-        for name, v in values.items():
-            st.local[name].update(v if math.isfinite(v) else 0.0)
-        st.local[PRIORITY].update(priority)
+        self._record(c.slice, st, values, priority)
         st.distinct += 1
         st.since_refresh += 1
         extra = {"novelty": novelty, **{f"surprise_{n}": v for n, v in surprise.items()}}
@@ -372,6 +443,41 @@ class SelectionPolicy:
         st.mined += 1
         st.reasons.update(reasons)
         return Verdict(True, reasons, priority, None, threshold, extra)
+
+    def _record(self, slice_key: str, st: _Slice, values: Mapping[str, float], priority: float) -> None:
+        """Add a distinct frame to the statistics (the next model's while they are being gathered)."""
+        row = [v if math.isfinite(v) else 0.0 for v in (values[n] for n in COMPONENTS)]
+        if self._next is None:
+            local, recent = st.local, self._recent
+        else:
+            local, recent = self._next[0].setdefault(slice_key, _new_sketches()), self._next[1]
+        for name, v in zip(COMPONENTS, row, strict=True):
+            local[name].update(v)
+        local[PRIORITY].update(priority)
+        recent.add(slice_key, row)
+        if self._next is not None and len(self._next[1]) >= max(self.settings.warmup_frames, 1):
+            sketches, self._recent = self._next
+            self._next = None
+            for key, x in self._slices.items():
+                x.local = sketches.get(key) or _new_sketches()
+                x.snapshot, x.since_refresh = None, 0
+            self._ranked = None
+            self._pooled_stale = True
+
+    def _new_model(self) -> None:
+        """A new model scores the frames from now on: its scores are on another scale, its embeddings in
+        another space.
+
+        Embedding memories and centres are cleared at once (similarities across models mean nothing). The
+        score statistics are not: the new model's frames keep being ranked against the old model's until
+        ``warmup_frames`` of them are gathered, then those replace the old (no warm-up gap at each release).
+        """
+        for st in self._slices.values():
+            st.seen.clear()
+            st.seen_raw.clear()
+            st.mined_memory.clear()
+            st.center, st.center_n = None, 0
+        self._next = ({}, RecentScores(self.settings.rank_window, len(COMPONENTS)))
 
     def _surprises(self, sketches: Mapping[str, QuantileSketch], values: Mapping[str, float]) -> dict[str, float]:
         surprise: dict[str, float] = {}
@@ -438,6 +544,7 @@ class SelectionPolicy:
             touched = set(parsed) | set(self._remote.get(miner_id, {}))
             self._remote[miner_id] = parsed
             self._pooled_stale = True
+            self._ranked = None
             for key in touched:
                 self._refresh(key, self._state(key))
 
@@ -446,21 +553,28 @@ class SelectionPolicy:
         with self._lock:
             gone = self._remote.pop(miner_id, {})
             self._pooled_stale = True
+            self._ranked = None
             for key in gone:
                 self._refresh(key, self._state(key))
 
     def reset_statistics(self) -> None:
         """Forget local sketches and embedding memories (a new model changes every score's scale)."""
         with self._lock:
-            for st in self._slices.values():
-                st.local = _new_sketches()
-                st.snapshot, st.threshold, st.since_refresh = None, None, 0
-                st.seen.clear()
-                st.seen_raw.clear()
-                st.mined_memory.clear()
-                st.center, st.center_n = None, 0
-            self._pool.clear()
-            self._pool_version += 1
+            self._reset()
+
+    def _reset(self) -> None:
+        for st in self._slices.values():
+            st.local = _new_sketches()
+            st.snapshot, st.threshold, st.since_refresh = None, None, 0
+            st.seen.clear()
+            st.seen_raw.clear()
+            st.mined_memory.clear()
+            st.center, st.center_n = None, 0
+        self._recent.clear()
+        self._ranked = None
+        self._next = None
+        self._pool.clear()
+        self._pool_version += 1
 
     # -- observability ---------------------------------------------------------------------------------------
     def stats(self) -> dict[str, dict[str, Any]]:

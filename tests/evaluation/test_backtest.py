@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,12 @@ def test_quick_backtest_end_to_end(fleet: Path, tmp_path: Path) -> None:
     # A resumed backtest with the same settings reuses the finished runs instead of running them again.
     again = run_backtest(cfg, settings, report_only=True)
     assert again["runs"] == report["runs"]
+    # An interrupted run (its round folders there, no result.json) starts over: the requests it wrote
+    # are not answered twice.
+    (tmp_path / "bt" / "runs" / "random-s0" / "result.json").unlink()
+    rerun = run_backtest(replace(cfg, strategies=["random"]), settings)["runs"][0]["rounds"]
+    assert [(r["labels"], r["bought_by_condition"]) for r in rerun] == [
+        (r["labels"], r["bought_by_condition"]) for r in run["rounds"]]
     jpath, ppath = write_report(report, tmp_path / "bt")
     assert json.loads(jpath.read_text())["strategies"].keys() == report["strategies"].keys()
     assert ppath.stat().st_size > 10_000
@@ -123,6 +130,16 @@ def test_summary_measures_reach_and_spread() -> None:
     assert goals["random_final_worst"] == pytest.approx(0.21)
     assert goals["labels_to_reach_random_final"] == pytest.approx(0.16 / 0.255 * 5, rel=1e-6)
     assert goals["beats_by_more_than_spread"]["random"] == [True, True]
+    # At the same number of labels: random's seeds read at 5 and 10 labels (0.075, 0.10 and 0.085, 0.12).
+    equal = goals["at_equal_labels"]["random"]
+    assert [r["theirs"] for r in equal] == pytest.approx([0.08, 0.11])
+    assert [r["spread"] for r in equal] == pytest.approx([0.01, 0.02])
+    assert [r["win"] for r in equal] == [True, True]
+    # More labels than random ever bought: nothing to compare with (no extrapolation).
+    more = runs[:2] + [run("adaptive", 0, [0.30, 0.40], [5, 30]), run("adaptive", 1, [0.31, 0.41], [5, 30])]
+    beyond = summarise(more, {"worst_miou_common": 0.05, "worst_condition": "x/dusk"}, {"day": 95, "dusk": 5},
+                       cfg)["goals"]["adaptive"]["at_equal_labels"]["random"]
+    assert beyond[0]["theirs"] is not None and beyond[1]["theirs"] is None and beyond[1]["win"] is None
     assert report["strategies"]["adaptive"]["rare_buy_ratio"] == pytest.approx(0.5 / 0.05)
     assert report["strategies"]["random"]["curve"][1]["worst_min"] == pytest.approx(0.20)
     # Random never beat the starting model: "reaching random's final figure" is then not a win.

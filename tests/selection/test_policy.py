@@ -208,3 +208,74 @@ def test_shifted_slice_is_not_collapsed_into_duplicates() -> None:
     assert stats["distinct"] >= 297
     again = policy.select([_hot("s5-again", "cam", "dusk/clear/x", 1e6, frames[5])])[0]
     assert again.rejected == "duplicate"
+
+
+def _fleet_like(n: int, seed: int, burst_every: int = 500, burst: int = 15) -> list[Candidate]:
+    """Ordinary frames with bursts of unfamiliar ones (a vehicle driving into dusk): 3 % of the stream."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        unfamiliar = i % burst_every >= burst_every - burst
+        key = "dusk/clear/cambridge_uk" if unfamiliar else "day/clear/cambridge_uk"
+        scale = 3.0 if unfamiliar else 1.0
+        scores = {"mi": float(scale * np.exp(-3 + 0.3 * rng.normal())),
+                  "shift": float(rng.chisquare(32) * (10.0 if unfamiliar else 1.0)), "radar": 0.0}
+        out.append(Candidate(f"s{i}", f"cam{i % 7}", key, scores, rng.normal(size=16).astype(np.float32), float(i)))
+    return out
+
+
+def test_bursts_of_unfamiliar_frames_get_the_budget_not_the_common_case() -> None:
+    """The budget (2 % of 3,000 frames = 60 labels) is below the bursts' share (3 %): nearly every label
+    goes to them, though they arrive all at once and the common case fills the time between.
+
+    The threshold is the top of the recent frames' priorities re-scored against the same statistics as
+    each new frame; a burst is not turned away because an earlier one filled the top of a priority sketch
+    recorded on smaller statistics, and quiet stretches do not lower the bar into the common case.
+    """
+    settings = SelectionSettings(target_rate=0.02, slice_rates={}, camera_cooldown_s=0.0, warmup_frames=100)
+    policy = SelectionPolicy(settings, clock=FakeClock())
+    mined = run(policy, _fleet_like(3000, seed=6))
+    stats = policy.stats()
+    dusk = stats["dusk/clear/cambridge_uk"]["mined"]
+    assert len(mined) == pytest.approx(0.02 * 3000, rel=0.25)
+    assert dusk >= 0.75 * len(mined), stats  # the rest: the top of the common case before the first burst
+    assert dusk <= stats["dusk/clear/cambridge_uk"]["frames"]
+
+
+def test_priorities_of_many_frames_match_one_frame_at_a_time() -> None:
+    policy = SelectionPolicy(SelectionSettings(slice_rates={}, camera_cooldown_s=0.0, warmup_frames=50),
+                             clock=FakeClock())
+    run(policy, synthetic_stream(400, seed=3))
+    rng = np.random.default_rng(4)
+    rows = np.column_stack([rng.exponential(0.05, 64), rng.chisquare(32, 64),
+                            rng.random(64) * (rng.random(64) < 0.2), rng.random(64)])
+    for key in SLICES:
+        one = [policy.priority(key, dict(zip(("mi", "shift", "radar", "novelty"), map(float, row), strict=True)))[0]
+               for row in rows]
+        np.testing.assert_allclose(policy._priorities(policy._sketches(key), rows), one, rtol=1e-12)
+
+
+def test_a_new_model_ranks_against_the_old_statistics_until_it_has_its_own() -> None:
+    """A release makes the scores ten times smaller. Its frames are judged at once (no warm-up gap),
+    against the old model's statistics, until ``warmup_frames`` of them are gathered; from then on it
+    mines at the target rate again among its own frames. Embeddings are compared within one model only."""
+    settings = SelectionSettings(target_rate=0.05, slice_rates={}, camera_cooldown_s=0.0, warmup_frames=100)
+    policy = SelectionPolicy(settings, clock=FakeClock())
+    old = synthetic_stream(1000, seed=7, slice_p=(1.0, 0.0, 0.0))
+    for c in old:
+        c.model_version = "v1"
+    run(policy, old)
+    new = synthetic_stream(1500, seed=8, slice_p=(1.0, 0.0, 0.0))
+    for c in new:
+        c.model_version = "v2"
+        c.sample_id = "n" + c.sample_id
+        c.scores = {k: v / 10.0 for k, v in c.scores.items()}
+    new[0].embedding = old[-1].embedding  # the same picture: not a duplicate across models
+    first = policy.select(new[:60])
+    assert all(v.rejected != "warmup" for v in first)
+    assert first[0].rejected != "duplicate"
+    assert policy._next is not None  # still gathering the new model's statistics
+    rest = new[60:]
+    mined = run(policy, rest)
+    assert policy._next is None
+    assert len(mined) == pytest.approx(0.05 * len(rest), rel=0.3)

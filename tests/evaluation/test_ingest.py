@@ -109,3 +109,15 @@ def test_kafka_python_settings_reach_the_consumer_and_unknown_ones_are_refused(
         ingest.run_ingest_bench(bootstrap=kafka.bootstrap, messages=5, kafka_python_config={"fetch_max_byte": 1})
     with pytest.raises(ingest.IngestBenchError, match="check_crcs.*fixed by the bench"):
         ingest.run_ingest_bench(bootstrap=kafka.bootstrap, messages=5, kafka_python_config={"check_crcs": False})
+
+
+def test_cli_runs_the_asked_clients_only(kafka: KafkaBroker, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["bench", "ingest", "--bootstrap", kafka.bootstrap, "--messages", "30", "--message-bytes", "2000",
+               "--clients", "kafka-python,avminer-recv", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [row["client"] for row in out["rows"]] == [ingest.KAFKA_PYTHON, ingest.KAFKA_PYTHON_AVMINER]
+    assert [row["recv_path"] for row in out["rows"]] == ["kafka-python", "avminer bulk"]
+    assert out["ratios"]["avminer_recv_over_kafka_python_recv"] > 0
+    assert main(["bench", "ingest", "--bootstrap", kafka.bootstrap, "--clients", "kafka-python,nope"]) == 2
+    assert "--clients takes some of" in capsys.readouterr().err

@@ -649,7 +649,11 @@ class Pipeline:
                 elif item is not None:
                     radar_scan, radar_job = item
                     joiner.add_radar(radar_scan, radar_job, radar_job.tp)
-            flushing = self._flush.is_set() and self._assemble_q.empty() and not pending
+            # Flush only once every message fed to decoding has come through here (not merely when this
+            # queue is empty for a moment while a decode worker is still busy): a flush releases every
+            # frame waiting for radar and drops every buffered scan, so an early one cost frames their
+            # radar whenever the source ran out before decoding caught up (the drive log's end).
+            flushing = self._flush.is_set() and not pending and next_seq >= self._decode_seq
             joiner.tick(flush=flushing)
             for job in joiner.pop_expired():
                 if self._live(job):

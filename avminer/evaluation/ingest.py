@@ -10,6 +10,9 @@ share warm caches or imports:
   (``kafka/record/util.py``: ``from crc32c import crc32c`` or the pure-Python ``kafka.record._crc32c``,
   bound as the default argument of ``calc_crc32c``), so the worker reads back which function is bound and
   reports it;
+- ``kafka-python (avminer recv)``: kafka-python as avminer's consumers run it, with the bulk socket read
+  of :mod:`avminer.sources.kafka_recv` (``recv_into`` 1 MiB instead of ``recv(4096)``); the worker
+  reports which receive path its connections actually used;
 - ``confluent-kafka``: librdkafka, with ``check.crcs=true`` (librdkafka's default is false; kafka-python
   checks by default), so both clients verify the CRC-32C of every v2 record batch.
 
@@ -38,6 +41,7 @@ from avminer.errors import SourceError
 
 KAFKA_PYTHON = "kafka-python"
 KAFKA_PYTHON_NO_CRC32C = "kafka-python (no crc32c)"
+KAFKA_PYTHON_AVMINER = "kafka-python (avminer recv)"
 CONFLUENT = "confluent-kafka"
 CONFLUENT_MISSING = "confluent-kafka not installed: pip install 'avminer[bench]'"
 IDLE_TIMEOUT_S = 30.0
@@ -58,6 +62,7 @@ class IngestRow:
     version: str = ""
     crc32c_impl: str = ""  # the CRC-32C function the consumer used, as read back in the worker
     crc32c_native: bool | None = None
+    recv_path: str = ""  # kafka-python rows: whose socket read its connections used
     checks_crcs: bool | None = None
     decode: bool = False
     messages: int = 0
@@ -65,6 +70,7 @@ class IngestRow:
     seconds: float = 0.0  # from assign to the last message
     first_message_s: float = 0.0  # from assign to the first message (offset lookup + first fetch)
     decode_us_per_msg: float | None = None  # time inside codec.decode, when decode is on
+    cpu_us_per_msg: float = 0.0  # the consumer process's CPU (all its threads) a message, least of the repeats
     msgs_per_s: float = 0.0
     mb_per_s: float = 0.0
     repeats_msgs_per_s: list[float] = field(default_factory=list)
@@ -186,8 +192,13 @@ def _consume_kafka_python(spec: dict[str, Any]) -> dict[str, Any]:
     from kafka import KafkaConsumer, TopicPartition
 
     impl, native = _crc32c_in_use()
+    bulk: dict[str, Any] = {}
+    if spec.get("bulk_recv"):
+        from avminer.sources.kafka_recv import bulk_recv_settings
+
+        bulk = bulk_recv_settings()
     consumer = KafkaConsumer(bootstrap_servers=spec["bootstrap"], group_id=None, enable_auto_commit=False,
-                             auto_offset_reset="earliest", check_crcs=True, **spec.get("config", {}))
+                             auto_offset_reset="earliest", check_crcs=True, **spec.get("config", {}), **bulk)
     try:
         parts = [TopicPartition(spec["topic"], p) for p in range(spec["partitions"])]
         # Connects to the broker before the clock starts (tansu's high watermark can lag: informational).
@@ -197,6 +208,7 @@ def _consume_kafka_python(spec: dict[str, Any]) -> dict[str, Any]:
         seen: set[tuple[int, int]] = set()
         first_at = 0.0
         started = last = time.perf_counter()
+        cpu_started = time.process_time()
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
         while n < spec["messages"] and time.perf_counter() - last < IDLE_TIMEOUT_S:
@@ -212,11 +224,22 @@ def _consume_kafka_python(spec: dict[str, Any]) -> dict[str, Any]:
                 n += len(records)
             last = time.perf_counter()
         return {"version": kafka.__version__, "crc32c_impl": impl, "crc32c_native": native,
-                "checks_crcs": bool(consumer.config["check_crcs"]), "high_watermark": high_watermark,
+                "recv_path": _recv_path(consumer), "checks_crcs": bool(consumer.config["check_crcs"]), "high_watermark": high_watermark,
                 "config": {key: consumer.config[key] for key in spec.get("config", {})},
-                **_counts(n, len(seen), size, started, first_at, last, decode)}
+                **_counts(n, len(seen), size, started, first_at, last, decode),
+                "cpu_s": time.process_time() - cpu_started}
     finally:
         consumer.close()
+
+
+def _recv_path(consumer: Any) -> str:
+    """Whose socket read the consumer's open connections use: ``avminer bulk`` or ``kafka-python``."""
+    from avminer.sources.kafka_recv import BulkReceiver
+
+    conns = list(consumer._client._manager._conns.values())
+    kinds = {"avminer bulk" if isinstance(getattr(getattr(c, "transport", None), "_sock_recv", None), BulkReceiver)
+             else "kafka-python" for c in conns if getattr(c, "transport", None) is not None}
+    return "+".join(sorted(kinds)) or "no open connection"
 
 
 def _consume_confluent(spec: dict[str, Any]) -> dict[str, Any]:
@@ -236,6 +259,7 @@ def _consume_confluent(spec: dict[str, Any]) -> dict[str, Any]:
         seen: set[tuple[int | None, int | None]] = set()
         first_at = 0.0
         started = last = time.perf_counter()
+        cpu_started = time.process_time()
         consumer.assign([TopicPartition(spec["topic"], p, OFFSET_BEGINNING) for p in range(spec["partitions"])])
         while n < spec["messages"] and time.perf_counter() - last < IDLE_TIMEOUT_S:
             # Wait for one message, then drain what is queued: consume(500, timeout) would wait to fill
@@ -256,7 +280,8 @@ def _consume_confluent(spec: dict[str, Any]) -> dict[str, Any]:
             last = time.perf_counter()
         return {"version": f"{confluent_kafka.version()[0]} (librdkafka {confluent_kafka.libversion()[0]})",
                 "crc32c_impl": "librdkafka (native)", "crc32c_native": True, "checks_crcs": True,
-                "high_watermark": high_watermark, **_counts(n, len(seen), size, started, first_at, last, decode)}
+                "high_watermark": high_watermark, **_counts(n, len(seen), size, started, first_at, last, decode),
+                "cpu_s": time.process_time() - cpu_started}
     finally:
         consumer.close()
 
@@ -345,7 +370,7 @@ def run_ingest_bench(
     partitions: int = 1,
     decode: bool = False,
     repeats: int = 1,
-    clients: tuple[str, ...] = (KAFKA_PYTHON, KAFKA_PYTHON_NO_CRC32C, CONFLUENT),
+    clients: tuple[str, ...] = (KAFKA_PYTHON, KAFKA_PYTHON_NO_CRC32C, KAFKA_PYTHON_AVMINER, CONFLUENT),
     workdir: Path | None = None,
     kafka_python_config: dict[str, Any] | None = None,
 ) -> IngestReport:
@@ -358,7 +383,7 @@ def run_ingest_bench(
         partitions: partitions of the topic (messages are spread round-robin).
         decode: also time kafka-python and confluent-kafka decoding every message (extra rows).
         repeats: measure every variant this many times (interleaved) and keep the best rate.
-        clients: the variants to run (a subset of the three defaults).
+        clients: the variants to run (a subset of the four defaults).
         workdir: where a started broker keeps its log (default: a temporary directory).
         kafka_python_config: extra ``KafkaConsumer`` settings for the kafka-python rows (fetch sizes,
             ``receive_buffer_bytes``...: what the miner's ``kafka.extra`` would pass).
@@ -394,6 +419,7 @@ def run_ingest_bench(
                         continue
                     spec = {"bootstrap": server, "topic": topic, "partitions": partitions, "messages": messages,
                             "client": CONFLUENT if client == CONFLUENT else KAFKA_PYTHON, "decode": dec,
+                            "bulk_recv": client == KAFKA_PYTHON_AVMINER,
                             "block": ["crc32c"] if client == KAFKA_PYTHON_NO_CRC32C else [],
                             "config": consumer_config}
                     _record(row, _run_worker(spec, timeout_s), messages, consumer_config)
@@ -439,6 +465,9 @@ def _record(row: IngestRow, result: dict[str, Any], expected: int, spec_config: 
     row.repeats_msgs_per_s.append(round(rate, 1))
     row.version, row.crc32c_impl = result["version"], result["crc32c_impl"]
     row.crc32c_native, row.checks_crcs = result["crc32c_native"], result["checks_crcs"]
+    row.recv_path = result.get("recv_path", "")
+    cpu_us = round(1e6 * result["cpu_s"] / max(1, result["messages"]), 1)
+    row.cpu_us_per_msg = min(row.cpu_us_per_msg or cpu_us, cpu_us)
     if rate >= row.msgs_per_s:
         row.messages, row.bytes, row.seconds = result["messages"], result["bytes"], round(result["seconds"], 4)
         row.first_message_s = round(result["first_message_s"], 4)
@@ -458,6 +487,13 @@ def _ratios(rows: dict[tuple[str, bool], IngestRow]) -> dict[str, float]:
         ratios["kafka_python_crc32c_over_no_crc32c"] = round(rate(KAFKA_PYTHON) / rate(KAFKA_PYTHON_NO_CRC32C), 2)
     if rate(KAFKA_PYTHON) and rate(CONFLUENT):
         ratios["kafka_python_over_confluent"] = round(rate(KAFKA_PYTHON) / rate(CONFLUENT), 3)
+    if rate(KAFKA_PYTHON_AVMINER) and rate(CONFLUENT):
+        ratios["kafka_python_avminer_recv_over_confluent"] = round(rate(KAFKA_PYTHON_AVMINER) / rate(CONFLUENT), 3)
+    if rate(KAFKA_PYTHON_AVMINER, True) and rate(CONFLUENT, True):
+        ratios["kafka_python_avminer_recv_over_confluent_decode"] = round(
+            rate(KAFKA_PYTHON_AVMINER, True) / rate(CONFLUENT, True), 3)
+    if rate(KAFKA_PYTHON_AVMINER) and rate(KAFKA_PYTHON):
+        ratios["avminer_recv_over_kafka_python_recv"] = round(rate(KAFKA_PYTHON_AVMINER) / rate(KAFKA_PYTHON), 3)
     for client in (KAFKA_PYTHON, CONFLUENT):
         if rate(client) and rate(client, True):
             ratios[f"{client.replace('-', '_')}_decode_over_plain"] = round(rate(client, True) / rate(client), 3)
@@ -470,20 +506,21 @@ def format_report(report: IngestReport) -> str:
         f"{report.messages} messages x {report.message_bytes_mean / 1e3:.1f} KB ({report.payload}), "
         f"{report.partitions} partition(s), {report.broker}; produced in {report.produce_s:.2f}s",
         *([f"kafka-python settings: {report.kafka_python_config}"] if report.kafka_python_config else []),
-        f"{'client':26s} {'decode':6s} {'CRC-32C':34s} {'msgs/s':>9s} {'MB/s':>8s} {'seconds':>8s} {'1st msg s':>9s} {'decode us/msg':>13s}",
+        f"{'client':28s} {'decode':6s} {'CRC-32C':34s} {'msgs/s':>9s} {'MB/s':>8s} {'seconds':>8s} {'1st msg s':>9s} {'decode us/msg':>13s} {'CPU us/msg':>10s}",
     ]
     for row in report.rows:
         dec = "yes" if row.decode else "no"
         if not row.available:
-            lines.append(f"{row.client:26s} {dec:6s} {row.note}")
+            lines.append(f"{row.client:28s} {dec:6s} {row.note}")
             continue
         crc = row.crc32c_impl + ("" if row.checks_crcs else " (not checked)")
         decode_us = "" if row.decode_us_per_msg is None else f"{row.decode_us_per_msg:.1f}"
-        lines.append(f"{row.client:26s} {dec:6s} {crc:34s} {row.msgs_per_s:9.1f} {row.mb_per_s:8.2f} "
-                     f"{row.seconds:8.3f} {row.first_message_s:9.3f} {decode_us:>13s}")
+        lines.append(f"{row.client:28s} {dec:6s} {crc:34s} {row.msgs_per_s:9.1f} {row.mb_per_s:8.2f} "
+                     f"{row.seconds:8.3f} {row.first_message_s:9.3f} {decode_us:>13s} {row.cpu_us_per_msg:10.1f}")
     labels = {
         "kafka_python_crc32c_over_no_crc32c": "kafka-python with crc32c / without",
         "kafka_python_over_confluent": "kafka-python / confluent-kafka",
+        "kafka_python_avminer_recv_over_confluent": "kafka-python with avminer's recv / confluent-kafka",
     }
     for key, value in report.ratios.items():
         lines.append(f"{labels.get(key, key.replace('_', ' '))}: {value}")

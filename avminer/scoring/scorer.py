@@ -34,7 +34,7 @@ from avminer.errors import ScoringError
 from avminer.geometry import Pinhole
 from avminer.scoring.conditions import tag
 from avminer.scoring.inputs import FrameInfo, RadarSweep
-from avminer.scoring.radar import radar_disagreement
+from avminer.scoring.radar import radar_disagreements
 from avminer.scoring.shift import ALL, DriftMonitor, ShiftReference
 from avminer.scoring.uncertainty import MEASURES
 
@@ -118,17 +118,18 @@ def _msp(ctx: BatchContext) -> np.ndarray:
 
 @component("radar")
 def _radar(ctx: BatchContext) -> np.ndarray:
-    """Only radar-joined frames read their argmax (a device engine copies just those rows)."""
+    """Only radar-joined frames read their argmax (a device engine copies just those rows); one call per batch."""
     h, w = ctx.input_hw
     out = np.zeros(len(ctx.frames), dtype=np.float32)
-    for i, (frame, scan) in enumerate(zip(ctx.frames, ctx.radar, strict=True)):
-        if scan is None:
-            continue
-        gps = frame.gps
-        out[i] = radar_disagreement(
-            ctx.out.prediction(i), scan.detections, (frame.width or w, frame.height or h), ctx.camera, ctx.classes,
-            ego_speed_mps=gps.speed_mps if gps is not None else 0.0,
-        )
+    rows = [i for i, scan in enumerate(ctx.radar) if scan is not None]
+    if not rows:
+        return out
+    frames = [ctx.frames[i] for i in rows]
+    out[rows] = radar_disagreements(
+        [ctx.out.prediction(i) for i in rows], [ctx.radar[i].detections for i in rows],  # type: ignore[union-attr]
+        [(f.width or w, f.height or h) for f in frames], ctx.camera, ctx.classes,
+        [f.gps.speed_mps if f.gps is not None else 0.0 for f in frames],
+    )
     return out
 
 

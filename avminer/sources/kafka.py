@@ -25,6 +25,7 @@ from avminer.config import Settings
 from avminer.errors import SourceError
 from avminer.metrics import ASSIGNED_PARTITIONS, COMMITS, KAFKA_ERRORS
 from avminer.sources.base import AssignedCallback, Partition, RevokedCallback, SourceMessage
+from avminer.sources.kafka_recv import bulk_recv_settings
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str
         "max_poll_interval_ms": k.max_poll_interval_ms,
         "session_timeout_ms": k.session_timeout_ms,
         "heartbeat_interval_ms": k.heartbeat_interval_ms,
+        # kafka-python 3.0.x: read the socket 1 MiB at a time, not 4 KiB (avminer.sources.kafka_recv).
+        **bulk_recv_settings(),
     }
     # client_kwargs() already carries kafka.extra, but the group settings above must not override it.
     cfg.update(k.extra)

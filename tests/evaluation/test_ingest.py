@@ -33,8 +33,9 @@ def test_every_client_reads_every_message_and_the_no_crc32c_run_has_no_crc32c(ka
     report = ingest.run_ingest_bench(bootstrap=kafka.bootstrap, messages=200, partitions=2, decode=True)
 
     rows = {(row.client, row.decode): row for row in report.rows}
-    expected = {(ingest.KAFKA_PYTHON, False), (ingest.KAFKA_PYTHON_NO_CRC32C, False), (ingest.CONFLUENT, False),
-                (ingest.KAFKA_PYTHON, True), (ingest.CONFLUENT, True)}
+    expected = {(ingest.KAFKA_PYTHON, False), (ingest.KAFKA_PYTHON_NO_CRC32C, False),
+                (ingest.KAFKA_PYTHON_AVMINER, False), (ingest.CONFLUENT, False),
+                (ingest.KAFKA_PYTHON, True), (ingest.KAFKA_PYTHON_AVMINER, True), (ingest.CONFLUENT, True)}
     assert set(rows) == expected
     for row in report.rows:
         if not row.available:
@@ -44,12 +45,19 @@ def test_every_client_reads_every_message_and_the_no_crc32c_run_has_no_crc32c(ka
         assert row.bytes == pytest.approx(200 * report.message_bytes_mean, rel=1e-6)
         assert row.msgs_per_s > 0 and row.mb_per_s > 0
         assert row.checks_crcs is True
+        assert row.cpu_us_per_msg > 0
+        # Each kafka-python row reads through the receive path it names, on every open connection.
+        if row.client == ingest.KAFKA_PYTHON_AVMINER:
+            assert row.recv_path == "avminer bulk"
+        elif row.client != ingest.CONFLUENT:
+            assert row.recv_path == "kafka-python"
 
     with_c = rows[ingest.KAFKA_PYTHON, False]
     without = rows[ingest.KAFKA_PYTHON_NO_CRC32C, False]
     assert with_c.crc32c_native is True and with_c.crc32c_impl.startswith("crc32c.")
     assert without.crc32c_native is False and without.crc32c_impl == "kafka.record._crc32c.crc"
     assert report.ratios["kafka_python_crc32c_over_no_crc32c"] > 0
+    assert report.ratios["avminer_recv_over_kafka_python_recv"] > 0
 
 
 def test_a_missing_confluent_kafka_is_reported_not_fatal(kafka: KafkaBroker,
@@ -71,7 +79,7 @@ def test_cli_prints_one_json_object(kafka: KafkaBroker, capsys: pytest.CaptureFi
     out = json.loads(capsys.readouterr().out)
     assert out["messages"] == 50 and out["partitions"] == 2
     assert {row["client"] for row in out["rows"]} == {ingest.KAFKA_PYTHON, ingest.KAFKA_PYTHON_NO_CRC32C,
-                                                      ingest.CONFLUENT}
+                                                      ingest.KAFKA_PYTHON_AVMINER, ingest.CONFLUENT}
 
 
 def test_without_bootstrap_it_starts_and_stops_its_own_broker() -> None:
@@ -101,3 +109,15 @@ def test_kafka_python_settings_reach_the_consumer_and_unknown_ones_are_refused(
         ingest.run_ingest_bench(bootstrap=kafka.bootstrap, messages=5, kafka_python_config={"fetch_max_byte": 1})
     with pytest.raises(ingest.IngestBenchError, match="check_crcs.*fixed by the bench"):
         ingest.run_ingest_bench(bootstrap=kafka.bootstrap, messages=5, kafka_python_config={"check_crcs": False})
+
+
+def test_cli_runs_the_asked_clients_only(kafka: KafkaBroker, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["bench", "ingest", "--bootstrap", kafka.bootstrap, "--messages", "30", "--message-bytes", "2000",
+               "--clients", "kafka-python,avminer-recv", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [row["client"] for row in out["rows"]] == [ingest.KAFKA_PYTHON, ingest.KAFKA_PYTHON_AVMINER]
+    assert [row["recv_path"] for row in out["rows"]] == ["kafka-python", "avminer bulk"]
+    assert out["ratios"]["avminer_recv_over_kafka_python_recv"] > 0
+    assert main(["bench", "ingest", "--bootstrap", kafka.bootstrap, "--clients", "kafka-python,nope"]) == 2
+    assert "--clients takes some of" in capsys.readouterr().err

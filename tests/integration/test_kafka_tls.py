@@ -189,3 +189,43 @@ def test_the_label_consumer_uses_the_same_tls_settings_and_check(tls_kafka: TlsK
         assert text.strip().splitlines()[-1].startswith(
             f"avminer: error: TLS handshake with the Kafka broker {tls_kafka.bootstrap} failed: its certificate was not "
             "accepted")
+
+
+def test_the_miners_source_reads_large_records_intact_over_tls(tls_kafka: TlsKafka) -> None:
+    """The bulk socket read (:mod:`avminer.sources.kafka_recv`) under mutual TLS: records up to 1.5 MB
+    (over its 1 MiB buffer) arrive byte for byte, and every connection of the source used it."""
+    import random
+    import time
+
+    from kafka import KafkaProducer
+
+    from avminer.config import load_settings
+    from avminer.sources.kafka import KafkaSource
+    from avminer.sources.kafka_recv import BulkReceiver
+
+    topic = f"tls-recv-{uuid.uuid4().hex[:8]}"
+    tls_kafka.create_topic(topic)
+    rng = random.Random(4)
+    values = [rng.randbytes(n) for n in (1_500_000, 20, 700_000, *[rng.randrange(1, 300_000) for _ in range(30)])]
+    producer = KafkaProducer(**tls_kafka.client_kwargs(), acks="all", max_request_size=16 * 1024 * 1024)
+    try:
+        for value in values:
+            producer.send(topic, value=value)
+        producer.flush(timeout=120)
+    finally:
+        producer.close(timeout=10)
+    settings = load_settings(environ=tls_kafka.kafka_env(), overrides={"kafka": {
+        "group_id": f"g-{uuid.uuid4().hex[:8]}", "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000,
+        "max_poll_interval_ms": 5000, "extra": {"max_partition_fetch_bytes": 8 << 20, "fetch_max_bytes": 16 << 20}}})
+    source = KafkaSource(settings, topics=[topic])
+    try:
+        got: list[bytes] = []
+        deadline = time.monotonic() + 60
+        while len(got) < len(values) and time.monotonic() < deadline:
+            got += [m.value for m in source.poll(0.2)]
+        assert got == values
+        conns = source._consumer._client._manager._conns.values()
+        receivers = [c.transport._sock_recv for c in conns if getattr(c, "transport", None) is not None]
+        assert receivers and all(isinstance(r, BulkReceiver) for r in receivers)
+    finally:
+        source.close()

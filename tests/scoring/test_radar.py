@@ -10,7 +10,7 @@ import pytest
 from avminer.errors import ScoringError
 from avminer.events.records import RadarDetection
 from avminer.geometry import Pinhole
-from avminer.scoring.radar import object_mask, project, radar_disagreement
+from avminer.scoring.radar import cell_counts, object_mask, project, radar_disagreement, radar_disagreements
 from avminer.taxonomy import CAMVID
 
 ROAD, CAR = CAMVID.classes.index("road"), CAMVID.classes.index("car")
@@ -88,3 +88,42 @@ def test_object_mask_is_membership_in_the_ids(ids: list[int], dtype: type) -> No
     mask = object_mask(pred, ids)
     assert mask.dtype == np.uint8 and mask.shape == pred.shape
     np.testing.assert_array_equal(mask, np.isin(pred, ids).astype(np.uint8))
+    out = np.full(pred.shape, 7, dtype=np.uint8)  # written into a caller's array (a batch row): every byte set
+    assert object_mask(pred, ids, out=out) is out
+    np.testing.assert_array_equal(out, np.isin(pred, ids).astype(np.uint8))
+
+
+@pytest.mark.parametrize(("h", "w", "cell"), [(360, 480, 8), (361, 487, 8), (176, 240, 8), (100, 77, 5), (7, 7, 8),
+                                              (64, 64, 16), (9, 3, 8)])
+def test_cell_counts_are_the_ones_per_grid_cell(h: int, w: int, cell: int) -> None:
+    masks = (np.random.default_rng(h * w).random((3, h, w)) < 0.4).astype(np.uint8)
+    masks[0] = 1  # full cells: 64 ones, the most an 8-bit lane may hold
+    gh, gw = h // cell, w // cell
+    want = masks[:, : gh * cell, : gw * cell].reshape(3, gh, cell, gw, cell).sum(axis=(2, 4))
+    np.testing.assert_array_equal(cell_counts(masks, cell), want)
+    np.testing.assert_array_equal(cell_counts(masks[1], cell), want[1])
+
+
+def test_a_batch_scores_each_frame_as_alone() -> None:
+    """radar_disagreements over frames of mixed sizes, with and without radar, equals the per-frame score."""
+    rng = np.random.default_rng(5)
+    preds, scans, sizes, egos = [], [], [], []
+    for k in range(12):
+        pred = _scene() if k % 3 else np.full((H, W), ROAD, np.uint8)
+        if k % 4 == 1:
+            pred = np.where(rng.random((H, W)) < 0.5, CAR, ROAD).astype(np.uint8)  # speckle: many small blobs
+        if k == 5:
+            pred = np.repeat(np.repeat(pred, 2, axis=0), 2, axis=1)  # another size in the same batch
+        dets = [_det(float(rng.uniform(0, W)), float(rng.uniform(4, 40)), float(rng.uniform(-8, 8)), ego=3.0)
+                for _ in range(int(rng.integers(0, 6)))]
+        preds.append(pred)
+        scans.append(None if k == 7 else dets)
+        sizes.append((W, H) if k != 5 else (2 * W, 2 * H))
+        egos.append(3.0 if k % 2 else 0.0)
+    batch = radar_disagreements(preds, scans, sizes, None, CAMVID.classes, egos)
+    alone = [radar_disagreement(p, s, size, None, CAMVID.classes, e)
+             for p, s, size, e in zip(preds, scans, sizes, egos, strict=True)]
+    assert batch.tolist() == alone
+    assert any(0 < v < 1 for v in alone) and alone[7] == 0.0
+    with pytest.raises(ScoringError):
+        radar_disagreements(preds, scans[:-1], sizes, None)

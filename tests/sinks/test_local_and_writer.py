@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import threading
 from pathlib import Path
 
@@ -11,8 +13,17 @@ from hypothesis import strategies as st
 
 from avminer.catalog.catalog import Catalog
 from avminer.errors import SinkError, SinkUnavailableError
+from avminer.events.records import Decision, LabelRequest
 from avminer.sinks.base import MinedSampleWriter, retry_until_available
-from avminer.sinks.local import JsonlSink, LocalDecisionSink, LocalRequestSink, read_jsonl, read_requests
+from avminer.sinks.local import (
+    JsonlSink,
+    LocalDecisionSink,
+    LocalRequestSink,
+    _flat_fields,
+    read_jsonl,
+    read_requests,
+    record_to_json,
+)
 from avminer.storage.base import content_key
 from avminer.storage.local import LocalFrameStore
 from tests.sinks import factories as f
@@ -114,3 +125,20 @@ def test_retry_until_available_gives_up_on_stop() -> None:
 
     with pytest.raises(SinkUnavailableError):
         retry_until_available(down, stop=stop, base_s=0.001)
+
+
+@dataclasses.dataclass
+class _Nested:
+    decision: Decision
+    others: list[Decision]
+
+
+def test_json_lines_are_the_records_as_asdict_writes_them() -> None:
+    """record_to_json reads flat records field by field (no deep copy): the same line as dataclasses.asdict."""
+    d = Decision("s" * 32, "f-1", "v", "front", 12, "m-1", "dusk/clear/x", True, {"mi": 0.25, "radar": 1.0},
+                 ["uncertainty"], "frames", 3, 99, 7)
+    r = LabelRequest("s" * 32, "f-1", "file:///x.jpg", "v", "front", 12, "dusk/clear/x", "m-1", ["radar"],
+                     {"mi": 0.5}, 0.75, 8, None)
+    for record in (d, r, _Nested(d, [d])):
+        assert record_to_json(record) == json.dumps(dataclasses.asdict(record), separators=(",", ":"), sort_keys=True)
+    assert _flat_fields(Decision) is not None and _flat_fields(_Nested) is None

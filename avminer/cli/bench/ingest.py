@@ -34,19 +34,32 @@ def register(sub: Any) -> None:
     parser.add_argument("--kafka-python", action="append", default=[], metavar="KEY=VALUE",
                         help="a KafkaConsumer setting for the kafka-python rows, e.g. fetch_max_bytes=16777216 "
                              "(repeatable; integers and true/false are converted)")
+    parser.add_argument("--clients", metavar="NAMES", default=",".join(_CLIENTS),
+                        help="comma-separated variants to run, of " + ", ".join(_CLIENTS) + " (default: all)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=_run)
 
 
+_CLIENTS = {"kafka-python": "kafka-python", "no-crc32c": "kafka-python (no crc32c)",
+            "avminer-recv": "kafka-python (avminer recv)", "confluent": "confluent-kafka"}
+"""``--clients`` names -> the bench's variants (:mod:`avminer.evaluation.ingest`)."""
+
+
 def _run(args: argparse.Namespace) -> int:
+    from avminer.errors import AvminerError
     from avminer.evaluation.ingest import format_report, run_ingest_bench
+
+    names = [n.strip() for n in args.clients.split(",") if n.strip()]
+    unknown = [n for n in names if n not in _CLIENTS]
+    if unknown or not names:
+        raise AvminerError(f"--clients takes some of {', '.join(_CLIENTS)}, got {args.clients!r}")
 
     logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO lines would bury the table
 
     report = run_ingest_bench(
         bootstrap=args.bootstrap, messages=args.messages, message_bytes=args.message_bytes,
         partitions=args.partitions, decode=args.decode, repeats=args.repeats,
-        kafka_python_config=_settings(args.kafka_python),
+        clients=tuple(_CLIENTS[n] for n in names), kafka_python_config=_settings(args.kafka_python),
     )
     print(json.dumps(report.to_dict()) if args.json else format_report(report))
     return 0

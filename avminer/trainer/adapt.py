@@ -13,7 +13,11 @@ Three methods, composable (:func:`adapt`), applied to a model fine-tuned from an
   is confident, with class-balanced thresholds: per predicted class, the confidence quantile that keeps
   the top ``keep`` share of that class's pixels, so rare classes are not drowned by road and sky (Zou et
   al., "Unsupervised Domain Adaptation for Semantic Segmentation via Class-Balanced Self-Training", ECCV
-  2018). ``keep`` grows each round as the model improves. Everything else is void.
+  2018). ``keep`` grows each round as the model improves. Everything else is void. Every self-training
+  epoch keeps the source frames at least ``source_share`` of the frames it trains on (a seeded subset of
+  the pseudo-labeled frames per round when there are more of them): the model serves the source
+  condition too, and a target-dominated mix is what made day mIoU fall. With ``adabn`` the statistics are
+  re-estimated after every round, so the next round's pseudo-labels come from target statistics again.
 
 Target frames labeled in another taxonomy (IDD-lite's 7 groups) join the labeled set through the declared
 mapping (:mod:`avminer.trainer.coarse`). Pseudo-labeled frames are recorded as such, never as human labels
@@ -75,6 +79,9 @@ class PseudoConfig:
         max_threshold: a class's confidence threshold never exceeds this (keeps some pixels of every class
             the model predicts confidently at all).
         epochs_per_round: training epochs per round.
+        source_share: least share of labeled (source and labeled target) frames among the frames of a
+            self-training epoch; pseudo-labeled frames beyond it are left out of that round (a seeded
+            subset is kept, a different one each round). 0: every pseudo-labeled frame, whatever the mix.
     """
 
     rounds: int = 2
@@ -84,6 +91,7 @@ class PseudoConfig:
     mi_quantile: float = 0.5
     max_threshold: float = 0.9
     epochs_per_round: int = 1
+    source_share: float = 0.5
 
     def __post_init__(self) -> None:
         checks = [
@@ -94,6 +102,7 @@ class PseudoConfig:
             (0 < self.mi_quantile <= 1, "pseudo.mi_quantile", f"must be in (0, 1], got {self.mi_quantile}"),
             (0 < self.max_threshold <= 1, "pseudo.max_threshold", f"must be in (0, 1], got {self.max_threshold}"),
             (self.epochs_per_round >= 1, "pseudo.epochs_per_round", f"must be >= 1, got {self.epochs_per_round}"),
+            (0 <= self.source_share < 1, "pseudo.source_share", f"must be in [0, 1), got {self.source_share}"),
         ]
         for ok, name, message in checks:
             if not ok:
@@ -101,6 +110,12 @@ class PseudoConfig:
 
     def keep_at(self, round_index: int) -> float:
         return min(self.max_keep, self.keep + self.keep_step * round_index)
+
+    def pseudo_frames_for(self, labeled_frames: int) -> int | None:
+        """Most pseudo-labeled frames one round trains on beside ``labeled_frames`` (None: no limit)."""
+        if self.source_share == 0:
+            return None
+        return int(labeled_frames * (1 - self.source_share) / self.source_share)
 
 
 @dataclass
@@ -270,6 +285,10 @@ class AdaptConfig:
         pseudo: self-training settings.
         adabn_source_share: AdaBN pools this many source frames per target frame (0: target only).
         max_source_frames: at most this many source frames per epoch (a random, seeded subset; None: all).
+        interpolate: the returned weights are ``(1 - a) · initial + a · fine-tuned`` (Wortsman et al., "Robust
+            fine-tuning of zero-shot models", CVPR 2022: the average keeps most of the target gain and
+            forgets less of the source); 1: the fine-tuned weights as they are. With ``adabn`` the
+            BatchNorm statistics are re-estimated on the interpolated weights.
     """
 
     methods: tuple[str, ...]
@@ -277,9 +296,12 @@ class AdaptConfig:
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     adabn_source_share: float = 1.0
     max_source_frames: int | None = None
+    interpolate: float = 1.0
 
     def __post_init__(self) -> None:
         self.methods = parse_methods(self.methods)
+        if not 0 < self.interpolate <= 1:
+            raise ConfigError(f"must be in (0, 1], got {self.interpolate}", "interpolate")
         if self.adabn_source_share < 0:
             raise ConfigError(f"must be >= 0, got {self.adabn_source_share}", "adabn_source_share")
         if "synth" in self.methods and not self.train.synth_mix:
@@ -299,6 +321,14 @@ def _adabn_pool(source: LabeledFrames, target: LabeledFrames, share: float, seed
     if extra == 0:
         return target
     return LabeledFrames.concat([target, _subsample(source, extra, seed)])
+
+
+def interpolate_weights(model: nn.Module, initial: dict[str, torch.Tensor], a: float) -> None:
+    """In place: every floating-point parameter and buffer becomes ``(1 - a) · initial + a · current``."""
+    with torch.no_grad():
+        for name, value in model.state_dict().items():
+            if value.is_floating_point():
+                value.mul_(a).add_(initial[name].to(value.device), alpha=1 - a)
 
 
 def adapt(
@@ -332,24 +362,40 @@ def adapt(
     train_cfg = cfg.train
     stage = 0
 
-    def fit(frames: LabeledFrames, epochs: int) -> None:
+    def fit(frames: LabeledFrames, epochs: int, pseudo: LabeledFrames | None = None) -> tuple[int, int]:
+        """Train on ``frames`` (source subsampled to ``max_source_frames``) and, balanced, ``pseudo``.
+
+        Returns:
+            (labeled frames, pseudo-labeled frames) trained on.
+        """
         nonlocal stage
+        rng = np.random.default_rng([train_cfg.seed, stage])
         picked = frames
         if cfg.max_source_frames is not None:
-            # Source frames subsampled, target frames (labeled or pseudo) all kept.
+            # Source frames subsampled, labeled target frames all kept.
             is_source = np.array([fid in source_ids for fid in frames.frame_ids])
             src_idx = np.flatnonzero(is_source)
             if len(src_idx) > cfg.max_source_frames:
-                rng = np.random.default_rng([train_cfg.seed, stage])
                 src_idx = rng.choice(src_idx, cfg.max_source_frames, replace=False)
             picked = frames.subset(np.sort(np.concatenate([src_idx, np.flatnonzero(~is_source)])))
-        used.update(f for f in picked.frame_ids if not f.endswith("+pseudo"))
+        used.update(picked.frame_ids)
+        counts = (len(picked), 0)
+        if pseudo is not None:
+            limit = cfg.pseudo.pseudo_frames_for(len(picked))
+            if limit is not None and len(pseudo) > limit:
+                pseudo = pseudo.subset(np.sort(rng.choice(len(pseudo), limit, replace=False)))
+            pseudo_used.update(pseudo.frame_ids)
+            counts = (len(picked), len(pseudo))
+            picked = LabeledFrames.concat([picked, pseudo])
         train_ensemble(model, picked, replace(train_cfg, epochs=epochs, seed=train_cfg.seed + stage), None,
                        resume=False)
         stage += 1
+        return counts
 
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.interpolate < 1 else None
     source_ids = set(source.frame_ids)
     used: set[str] = set()  # labeled frames (source or target, not pseudo) any stage trained on
+    pseudo_used: set[str] = set()  # pseudo-labeled frames any round trained on
     # Stage 1: labels (source, labeled target) with synthetic conditions if asked.
     if "synth" in cfg.methods or record.target_labels_used:
         fit(labeled, train_cfg.epochs)
@@ -362,10 +408,15 @@ def adapt(
                                   "share": round(pl.share, 4), "mi_threshold": pl.mi_threshold,
                                   "thresholds": {str(k): round(v, 4) for k, v in pl.thresholds.items()}})
             log.info("pseudo-label round %d: %.1f%% of target pixels kept", r + 1, 100 * pl.share)
-            fit(LabeledFrames.concat([labeled, pl.frames]), cfg.pseudo.epochs_per_round)
-            record.pseudo_frames = list(pl.frames.frame_ids)
+            record.rounds[-1]["labeled_frames"], record.rounds[-1]["pseudo_frames"] = fit(
+                labeled, cfg.pseudo.epochs_per_round, pl.frames)
             record.pseudo_pixels, record.pseudo_pixel_share = pl.pixels, pl.share
-        if "adabn" in cfg.methods:  # training moved the statistics towards the training mix; re-estimate
+            if "adabn" in cfg.methods:  # training moved the statistics towards the training mix; re-estimate
+                adabn(model, _adabn_pool(source, target, cfg.adabn_source_share, train_cfg.seed), train_cfg.eval_batch)
+        record.pseudo_frames = sorted(pseudo_used)
+    if initial is not None and stage > 0:
+        interpolate_weights(model, initial, cfg.interpolate)
+        if "adabn" in cfg.methods:
             adabn(model, _adabn_pool(source, target, cfg.adabn_source_share, train_cfg.seed), train_cfg.eval_batch)
     record.labels_used = len(used)
     model.eval().cpu()

@@ -19,6 +19,7 @@ from avminer.trainer.adapt import (
     adabn,
     adapt,
     class_balanced_pseudo_labels,
+    interpolate_weights,
     parse_methods,
     pseudo_label,
     record_pseudo_labels,
@@ -146,3 +147,62 @@ def test_composed_adaptation_records_pseudo_frames_and_provenance(day_model, tmp
     assert one is not None and three is not None
     assert (one.labeler, one.label_uri, one.state) == ("pseudo:v2", None, "mined")  # never a human label
     assert three.labeler == "human"
+
+
+def test_self_training_rounds_keep_the_source_frames_at_least_half() -> None:
+    """More pseudo-labeled target frames than source frames: each round trains on a balanced subset."""
+    torch.set_num_threads(1)
+    source = make_frames(4, seed=1)
+    target = _darker(make_frames(10, seed=4))
+    train = TrainConfig(epochs=1, batch_size=4, lr=1e-3, beta=0.0, eval_every=1000, progress=False)
+    _, record = adapt(_model(), source, target,
+                      AdaptConfig(("pseudo",), train=train, pseudo=PseudoConfig(rounds=2, keep=0.5)))
+    assert [(r["labeled_frames"], r["pseudo_frames"]) for r in record.rounds] == [(4, 4), (4, 4)]
+    target_ids = {x + "+pseudo" for x in target.frame_ids}
+    assert 4 <= len(record.pseudo_frames) <= 8 and set(record.pseudo_frames) <= target_ids  # union of the rounds
+    assert record.labels_used == 4
+
+    _, unbalanced = adapt(_model(), source, target,
+                          AdaptConfig(("pseudo",), train=train, pseudo=PseudoConfig(rounds=1, source_share=0.0)))
+    assert (unbalanced.rounds[0]["labeled_frames"], unbalanced.rounds[0]["pseudo_frames"]) == (4, 10)
+    assert set(unbalanced.pseudo_frames) == target_ids
+
+
+def test_source_share_bounds_the_pseudo_frames_per_round() -> None:
+    assert PseudoConfig(source_share=0.5).pseudo_frames_for(60) == 60
+    assert PseudoConfig(source_share=0.75).pseudo_frames_for(60) == 20
+    assert PseudoConfig(source_share=0.0).pseudo_frames_for(60) is None
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match="pseudo.source_share"):
+            PseudoConfig(source_share=bad)
+
+
+def test_weight_interpolation_is_the_midpoint_of_initial_and_fine_tuned() -> None:
+    initial_model, tuned = _model(seed=0), _model(seed=1)
+    initial = {k: v.clone() for k, v in initial_model.state_dict().items()}
+    expected = {k: (initial[k] + v) / 2 for k, v in tuned.state_dict().items() if v.is_floating_point()}
+    counters = {k: v.clone() for k, v in tuned.state_dict().items() if not v.is_floating_point()}
+    interpolate_weights(tuned, initial, 0.5)
+    state = tuned.state_dict()
+    for k, v in expected.items():
+        torch.testing.assert_close(state[k], v)
+    for k, v in counters.items():  # BatchNorm's num_batches_tracked: integers are not averaged
+        assert torch.equal(state[k], v)
+    with pytest.raises(ConfigError, match="interpolate"):
+        AdaptConfig(("synth",), interpolate=0.0)
+
+
+def test_adapt_with_interpolation_returns_the_average_of_start_and_fine_tuned_weights() -> None:
+    torch.set_num_threads(1)
+    source = make_frames(4, seed=1)
+    train = TrainConfig(epochs=1, batch_size=4, lr=1e-2, beta=0.0, eval_every=1000, progress=False, augment=False)
+    start = _model()
+    tuned, _ = adapt(copy.deepcopy(start), source, source, AdaptConfig(("synth",), train=train))
+    half, _ = adapt(copy.deepcopy(start), source, source, AdaptConfig(("synth",), train=train, interpolate=0.5))
+    begin, end = start.state_dict(), tuned.state_dict()
+    moved = 0
+    for name, value in half.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, (begin[name] + end[name]) / 2, atol=1e-5, rtol=1e-4)
+            moved += int(not torch.equal(begin[name], end[name]))
+    assert moved > 0  # training did move the weights

@@ -145,6 +145,16 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--thin", metavar="ROLE=N,...",
                         help="with --adapt: keep every N-th frame of a role (source, day, dusk, india, india_adapt), "
                              "e.g. india=3,india_adapt=3 (default none; quick: day=6,dusk=3,india=24,india_adapt=12)")
+    parser.add_argument("--validation", action="store_true",
+                        help="with --adapt: score on the validation slices (CamVid day sequence 0006R0 held out of "
+                             "the source, the last third of the dusk adaptation frames, the IDD-lite validation "
+                             "sequences), never loading the evaluation frames: for choosing settings")
+    parser.add_argument("--lr", type=float, help="with --adapt: fine-tuning learning rate (default 5e-4)")
+    parser.add_argument("--interpolate", type=float, metavar="A",
+                        help="with --adapt: the +wise rows' weights are (1 - A) * starting + A * fine-tuned (default 0.5)")
+    parser.add_argument("--source-share", type=float, metavar="S",
+                        help="with --adapt: least share of labeled frames in every self-training epoch (default 0.5; "
+                             "0: every pseudo-labeled frame)")
 
 
 def _thin(text: str) -> dict[str, int]:
@@ -172,11 +182,15 @@ def run_report(args: argparse.Namespace) -> int:
     if not args.target_data:
         raise ConfigError("the adaptation report needs the India frames (IDD-lite folder)", "--target-data")
     overrides: dict[str, Any] = {"threads": args.threads, "progress": args.progress}
-    for flag, key in (("epochs", "epochs"), ("rounds", "rounds"), ("max_source_frames", "max_source_frames")):
+    for flag, key in (("epochs", "epochs"), ("rounds", "rounds"), ("max_source_frames", "max_source_frames"), ("lr", "lr"),
+                      ("interpolate", "interpolate")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
     if args.seeds:
         overrides["seeds"] = tuple(args.seeds)
+    if args.source_share is not None:
+        overrides["source_share"] = args.source_share
+    overrides["validation"] = args.validation
     if args.thin:
         overrides["thin"] = _thin(args.thin)
     if args.methods:

@@ -12,13 +12,20 @@ Splits (deterministic, :func:`adaptation_splits`):
 - dusk: sequence 0001TP in frame order, the first half to adapt on (unlabeled), the second half to
   evaluate;
 - India: IDD-lite split *by sequence id* (crc32 of the id mod 3): adaptation sequences, evaluation
-  sequences and validation sequences (kept aside for choosing thresholds; not used by the report's fixed
-  settings).
+  sequences and validation sequences.
+
+Validation mode (``validation=True``, ``--validation``): for choosing settings without looking at the
+evaluation frames, which it never loads. Day is scored on sequence 0006R0 (CamVid ``train``), left out of
+the source frames (the starter was trained on it, so it measures what adaptation forgets, not
+generalisation); dusk on the last third of the dusk adaptation half, left out of the target frames; India
+on the IDD-lite validation sequences.
 
 Rows: ``baseline`` (the bundle as it is), ``adabn``, ``synth``, ``pseudo``, ``synth+adabn``, ``synth+adabn+pseudo``,
 ``labels50+pseudo`` (50 India adaptation frames picked by the ensemble's uncertainty — mean mutual
 information, as the miner ranks them — labeled in IDD's groups, plus pseudo-labels on the rest and on
 dusk), ``labels_all`` (every adaptation frame's label: India in IDD groups, dusk in CamVid classes).
+A ``+wise`` row returns the weights averaged with the starting ones (``interpolate``; WiSE-FT, see
+:class:`avminer.trainer.adapt.AdaptConfig`).
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ from avminer.trainer.data import LabeledFrames, load_camvid
 
 log = logging.getLogger(__name__)
 
-ROWS = ("baseline", "adabn", "synth", "pseudo", "synth+adabn", "synth+adabn+pseudo", "labels50+pseudo", "labels_all")
+ROWS = ("baseline", "adabn", "synth", "pseudo", "synth+adabn", "synth+adabn+pseudo", "synth+adabn+pseudo+wise",
+        "labels50+pseudo", "labels_all")
 """Report rows (methods and label budgets), in table order."""
 
 CONDITIONS = ("cambridge_uk/day", "cambridge_uk/dusk", "india/day")
@@ -57,7 +65,7 @@ class Splits:
     dusk_labeled: LabeledFrames  # the dusk adaptation frames with their CamVid labels (labels_all only)
     india_labeled: LabeledFrames  # India adaptation frames with IDD labels (coarse-encoded)
     eval_slices: list[Any]  # avminer.evaluation.segmentation.EvalSlice per condition
-    india_val_frames: int
+    india_unused_frames: int  # IDD-lite frames of the third this mode does not score (validation or evaluation)
 
 
 def india_role(sequence: str) -> str:
@@ -69,8 +77,16 @@ def _every(frames: LabeledFrames, step: int) -> LabeledFrames:
     return frames if step <= 1 else frames.subset(range(0, len(frames), step))
 
 
-def adaptation_splits(camvid: Path, idd: Path, size: tuple[int, int], *, thin: dict[str, int] | None = None) -> Splits:
+DAY_VALIDATION_SEQUENCE = "0006R0"
+"""CamVid day sequence held out of the source frames in validation mode (day is scored on it)."""
+
+
+def adaptation_splits(camvid: Path, idd: Path, size: tuple[int, int], *, thin: dict[str, int] | None = None,
+                      validation: bool = False, day_validation_sequence: str = DAY_VALIDATION_SEQUENCE) -> Splits:
     """Load the report's splits (see the module docstring); ``thin`` keeps every n-th frame of a role.
+
+    With ``validation`` the scored slices are the validation ones (day: ``day_validation_sequence``, held
+    out of the source) and the evaluation frames are not loaded.
 
     Raises:
         DatasetError: a folder lacks the sequences the splits need.
@@ -87,13 +103,27 @@ def adaptation_splits(camvid: Path, idd: Path, size: tuple[int, int], *, thin: d
     if not day_seqs or len(dusk_rows) < 4:
         raise DatasetError(f"{camvid}: needs day sequences and at least 4 dusk frames (0001TP), found "
                            f"day {day_seqs}, {len(dusk_rows)} dusk")
-    source = _every(load_camvid(camvid, size, splits=["train"], time_of_day=["day"]), thin.get("source", 1))
-    day_eval = _every(load_camvid(camvid, size, splits=["val"], time_of_day=["day"]), thin.get("day", 1))
+    if validation:
+        if day_validation_sequence not in day_seqs or len(day_seqs) < 2:
+            raise DatasetError(f"{camvid}: validation mode holds out day sequence {day_validation_sequence}, "
+                               f"and needs another for the source; found {day_seqs}")
+        source_seqs = [s for s in day_seqs if s != day_validation_sequence]
+        source = load_camvid(camvid, size, splits=["train"], time_of_day=["day"], sequences=source_seqs)
+        day_eval = load_camvid(camvid, size, splits=["train"], time_of_day=["day"], sequences=[day_validation_sequence])
+    else:
+        source = load_camvid(camvid, size, splits=["train"], time_of_day=["day"])
+        day_eval = load_camvid(camvid, size, splits=["val"], time_of_day=["day"])
+    source, day_eval = _every(source, thin.get("source", 1)), _every(day_eval, thin.get("day", 1))
     dusk = load_camvid(camvid, size, time_of_day=["dusk"])
     position = {r.frame_id: i for i, r in enumerate(dusk_rows)}  # frame order within the sequence
     dusk = dusk.subset(np.argsort([position[f] for f in dusk.frame_ids], kind="stable"))
     half = len(dusk) // 2
-    dusk_adapt, dusk_eval = dusk.subset(range(half)), _every(dusk.subset(range(half, len(dusk))), thin.get("dusk", 1))
+    if validation:  # the evaluation half is never loaded into a slice; the adaptation half gives up its last third
+        cut = half - half // 3
+        dusk_adapt, dusk_eval = dusk.subset(range(cut)), dusk.subset(range(cut, half))
+    else:
+        dusk_adapt, dusk_eval = dusk.subset(range(half)), dusk.subset(range(half, len(dusk)))
+    dusk_eval = _every(dusk_eval, thin.get("dusk", 1))
 
     idd_rows = read_layout(idd)
     roles = {r.sequence: india_role(r.sequence) for r in idd_rows}
@@ -101,14 +131,14 @@ def adaptation_splits(camvid: Path, idd: Path, size: tuple[int, int], *, thin: d
     if not by_role["adapt"] or not by_role["eval"]:
         raise DatasetError(f"{idd}: too few sequences to split into adaptation and evaluation ({len(roles)})")
     india_adapt = _every(load_camvid(idd, size, sequences=by_role["adapt"]), thin.get("india_adapt", 1))
-    india_eval = _every(load_camvid(idd, size, sequences=by_role["eval"]), thin.get("india", 1))
+    india_eval = _every(load_camvid(idd, size, sequences=by_role["val" if validation else "eval"]), thin.get("india", 1))
     india_labeled = LabeledFrames(india_adapt.images, encode_coarse(india_adapt.labels, CAMVID_TO_IDD_LEVEL1, CAMVID.void),
                                   list(india_adapt.frame_ids), list(india_adapt.slices), list(india_adapt.sequences))
     target = LabeledFrames.concat([dusk_adapt, india_adapt])
     slices = [EvalSlice("cambridge_uk/day", day_eval, CAMVID), EvalSlice("cambridge_uk/dusk", dusk_eval, CAMVID),
               EvalSlice("india/day", india_eval, IDD_LEVEL1)]
-    val_frames = sum(1 for r in idd_rows if roles[r.sequence] == "val")
-    return Splits(source, target, dusk_adapt, india_labeled, slices, val_frames)
+    unused = sum(1 for r in idd_rows if roles[r.sequence] == ("eval" if validation else "val"))
+    return Splits(source, target, dusk_adapt, india_labeled, slices, unused)
 
 
 @dataclass
@@ -128,6 +158,10 @@ class AdaptReportConfig:
         thin: every n-th frame per role (see :func:`adaptation_splits`).
         label_budget: target frames labeled in ``labels50+pseudo``.
         threads: torch threads.
+        validation: score on the validation slices (see the module docstring), never the evaluation ones.
+        source_share: least share of labeled frames in every self-training epoch (``PseudoConfig``).
+        interpolate: in ``+wise`` rows, the weight of the fine-tuned weights against the starting ones
+            (``AdaptConfig.interpolate``); other rows return the fine-tuned weights.
     """
 
     camvid: Path
@@ -143,6 +177,9 @@ class AdaptReportConfig:
     label_budget: int = 50
     threads: int = 1
     progress: bool = False
+    validation: bool = False
+    source_share: float = 0.5
+    interpolate: float = 0.5
 
     def __post_init__(self) -> None:
         unknown = [r for r in self.rows if r not in ROWS]
@@ -211,7 +248,8 @@ class AdaptReport:
             cells += [f"{e['labels_used']} ({e['target_labels_used']})",
                       f"{e['pseudo_frames']} ({100 * e['pseudo_pixel_share']:.0f}%)", f"{e['seconds']:.0f}"]
             lines.append("| " + " | ".join(cells) + " |")
-        lines.append("mIoU in IDD's 7 level-1 groups on held-out frames; ± is half the range over seeds.")
+        which = "VALIDATION frames (not the evaluation ones)" if self.config.get("validation") else "held-out frames"
+        lines.append(f"mIoU in IDD's 7 level-1 groups on {which}; ± is half the range over seeds.")
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
@@ -241,7 +279,7 @@ def run_adapt_report(cfg: AdaptReportConfig) -> AdaptReport:
     if bundle.torch_path is None:
         raise ConfigError(f"{cfg.bundle}: the bundle has no model.pt to fine-tune", "--model")
     size = (bundle.input_height, bundle.input_width)
-    splits = adaptation_splits(cfg.camvid, cfg.idd, size, thin=cfg.thin)
+    splits = adaptation_splits(cfg.camvid, cfg.idd, size, thin=cfg.thin, validation=cfg.validation)
     base_model = load_ensemble(bundle.torch_path)
 
     def score(model: Any) -> dict[str, float]:
@@ -257,11 +295,12 @@ def run_adapt_report(cfg: AdaptReportConfig) -> AdaptReport:
             log.info("%s: %s", row, rows[-1].miou)
             continue
         for seed in cfg.seeds:
-            methods = {"labels50+pseudo": ("pseudo",), "labels_all": ()}.get(row, tuple(row.split("+")))
+            wise = row.endswith("+wise")
+            methods = {"labels50+pseudo": ("pseudo",), "labels_all": ()}.get(row, tuple(row.removesuffix("+wise").split("+")))
             train = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, seed=seed, threads=cfg.threads, eval_every=10_000,
                                 progress=cfg.progress, coarse_taxonomy=IDD_LEVEL1.name)
-            acfg = AdaptConfig(methods, train=train, pseudo=PseudoConfig(rounds=cfg.rounds),
-                               max_source_frames=cfg.max_source_frames)
+            acfg = AdaptConfig(methods, train=train, pseudo=PseudoConfig(rounds=cfg.rounds, source_share=cfg.source_share),
+                               max_source_frames=cfg.max_source_frames, interpolate=cfg.interpolate if wise else 1.0)
             target, labeled = splits.target, None
             if row == "labels50+pseudo":
                 if picked is None:
@@ -280,6 +319,6 @@ def run_adapt_report(cfg: AdaptReportConfig) -> AdaptReport:
     sizes = {"source": len(splits.source), "target_unlabeled": len(splits.target),
              "india_adapt": len(splits.india_labeled), "dusk_adapt": len(splits.dusk_labeled),
              **{f"eval:{s.condition}": len(s.frames) for s in splits.eval_slices},
-             "india_val_unused": splits.india_val_frames}
+             ("india_eval_unused" if cfg.validation else "india_val_unused"): splits.india_unused_frames}
     return AdaptReport(rows, conf, sizes)
 

@@ -12,7 +12,8 @@ from PIL import Image
 from avminer.catalog.catalog import open_catalog
 from avminer.cli.main import main
 from avminer.engines.bundle import load_bundle
-from avminer.evaluation.adaptation import india_role
+from avminer.errors import DatasetError
+from avminer.evaluation.adaptation import adaptation_splits, india_role
 from avminer.taxonomy import CAMVID, IDD_LEVEL1
 from tests.sinks import factories as f
 
@@ -119,3 +120,50 @@ def test_quick_adaptation_report_on_the_shared_data(capsys: pytest.CaptureFixtur
     combined = out["summary"][2]
     assert combined["pseudo_frames"] > 0 and 0 < combined["pseudo_pixel_share"] < 1
     print(f"quick adaptation report: {out['seconds_total']} s")
+
+
+@pytest.fixture
+def folders_with_validation(tmp_path: Path) -> tuple[Path, Path]:
+    """As ``folders``, with a second day sequence (the one validation mode holds out of the source)."""
+    cv = _folder(tmp_path / "camvid", CAMVID,
+                 [(f"d{i}", "train", "DAY", "day") for i in range(4)] + [(f"h{i}", "train", "HELD", "day") for i in range(3)]
+                 + [("v0", "val", "DAY", "day"), ("v1", "val", "DAY", "day")]
+                 + [(f"k{i}", "train", "DUSK", "dusk") for i in range(6)], "cambridge_uk")
+    seqs = {}
+    for s in range(40):
+        seqs.setdefault(india_role(str(s)), str(s))
+    idd = _folder(tmp_path / "idd", IDD_LEVEL1,
+                  [(f"{seqs[r]}_{j}", "train", seqs[r], "day") for r in ("adapt", "eval", "val") for j in range(2)], "india")
+    return cv, idd
+
+
+def test_validation_splits_never_touch_the_evaluation_frames(folders_with_validation) -> None:
+    cv, idd = folders_with_validation
+    held = adaptation_splits(cv, idd, (16, 24), day_validation_sequence="HELD")
+    val = adaptation_splits(cv, idd, (16, 24), validation=True, day_validation_sequence="HELD")
+
+    def ids(split) -> dict[str, set[str]]:
+        return {s.condition: set(s.frames.frame_ids) for s in split.eval_slices}
+
+    evaluation, validation = ids(held), ids(val)
+    assert evaluation["cambridge_uk/day"] == {"v0", "v1"} and evaluation["cambridge_uk/dusk"] == {"k3", "k4", "k5"}
+    assert validation["cambridge_uk/day"] == {"h0", "h1", "h2"}
+    assert validation["cambridge_uk/dusk"] == {"k2"}  # the last third of the dusk adaptation half
+    assert {india_role(i.split("_")[0]) for i in validation["india/day"]} == {"val"}
+    assert {india_role(i.split("_")[0]) for i in evaluation["india/day"]} == {"eval"}
+    every_eval = set().union(*evaluation.values())
+    scored_or_trained = set().union(*validation.values(), val.source.frame_ids, val.target.frame_ids,
+                                    val.dusk_labeled.frame_ids, val.india_labeled.frame_ids)
+    assert not every_eval & scored_or_trained  # validation mode never loads an evaluation frame
+    assert not set(val.source.frame_ids) & validation["cambridge_uk/day"]  # held out of the source
+    assert not set(val.target.frame_ids) & validation["cambridge_uk/dusk"]  # held out of the target
+    assert set(held.source.frame_ids) == {f"d{i}" for i in range(4)} | {f"h{i}" for i in range(3)}
+    with pytest.raises(DatasetError, match="holds out day sequence 0006R0"):
+        adaptation_splits(cv, idd, (16, 24), validation=True)
+
+
+def test_train_report_adapt_validation_mode(folders, capsys: pytest.CaptureFixture[str]) -> None:
+    cv, idd = folders
+    assert main(["train", "report", "--adapt", "--validation", "--data", str(cv), "--target-data", str(idd),
+                 "--methods", "baseline", "--threads", "1"]) == 2  # one day sequence: nothing to hold out
+    assert "validation mode holds out day sequence" in capsys.readouterr().err

@@ -195,13 +195,12 @@ def test_the_miners_source_reads_large_records_intact_over_tls(tls_kafka: TlsKaf
     """The bulk socket read (:mod:`avminer.sources.kafka_recv`) under mutual TLS: records up to 1.5 MB
     (over its 1 MiB buffer) arrive byte for byte, and every connection of the source used it."""
     import random
-    import time
 
     from kafka import KafkaProducer
 
     from avminer.config import load_settings
     from avminer.sources.kafka import KafkaSource
-    from avminer.sources.kafka_recv import BulkReceiver
+    from tests.sources.test_kafka_recv import read_all_through_bulk_receivers
 
     topic = f"tls-recv-{uuid.uuid4().hex[:8]}"
     tls_kafka.create_topic(topic)
@@ -219,13 +218,6 @@ def test_the_miners_source_reads_large_records_intact_over_tls(tls_kafka: TlsKaf
         "max_poll_interval_ms": 5000, "extra": {"max_partition_fetch_bytes": 8 << 20, "fetch_max_bytes": 16 << 20}}})
     source = KafkaSource(settings, topics=[topic])
     try:
-        got: list[bytes] = []
-        deadline = time.monotonic() + 60
-        while len(got) < len(values) and time.monotonic() < deadline:
-            got += [m.value for m in source.poll(0.2)]
-        assert got == values
-        conns = source._consumer._client._manager._conns.values()
-        receivers = [c.transport._sock_recv for c in conns if getattr(c, "transport", None) is not None]
-        assert receivers and all(isinstance(r, BulkReceiver) for r in receivers)
+        read_all_through_bulk_receivers(source, values)
     finally:
         source.close()

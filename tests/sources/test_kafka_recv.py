@@ -154,6 +154,19 @@ def _receivers(source: KafkaSource) -> list[Any]:
     return [c.transport._sock_recv for c in conns if getattr(c, "transport", None) is not None]
 
 
+def read_all_through_bulk_receivers(source: KafkaSource, values: list[bytes]) -> None:
+    """Poll until ``values`` arrived (60 s at most); they are exactly ``values``, and every connection of
+    the source read them through :class:`BulkReceiver`."""
+    got: list[bytes] = []
+    deadline = time.monotonic() + 60
+    while len(got) < len(values) and time.monotonic() < deadline:
+        got += [m.value for m in source.poll(0.2)]
+    assert [len(v) for v in got] == [len(v) for v in values]
+    assert got == values
+    receivers = _receivers(source)
+    assert receivers and all(isinstance(r, BulkReceiver) for r in receivers)
+
+
 def test_the_miners_source_reads_large_records_intact_through_a_real_broker(kafka: KafkaBroker, unique: str) -> None:
     """Records from 10 bytes to 1.5 MB (over the 1 MiB buffer), several per fetch: every byte as sent."""
     topic = kafka.topic("recv", 1)
@@ -167,13 +180,6 @@ def test_the_miners_source_reads_large_records_intact_through_a_real_broker(kafk
         "extra": {"max_partition_fetch_bytes": 8 << 20, "fetch_max_bytes": 16 << 20}}})
     source = KafkaSource(settings, topics=[topic])
     try:
-        got: list[bytes] = []
-        deadline = time.monotonic() + 60
-        while len(got) < len(values) and time.monotonic() < deadline:
-            got += [m.value for m in source.poll(0.2)]
-        assert [len(v) for v in got] == sizes
-        assert got == values
-        receivers = _receivers(source)
-        assert receivers and all(isinstance(r, BulkReceiver) for r in receivers)
+        read_all_through_bulk_receivers(source, values)
     finally:
         source.close()

@@ -19,7 +19,7 @@ into ``rounds`` consecutive segments. Per round:
 4. **gate**: :mod:`avminer.trainer.gates` compares candidate and production per slice on those held-out
    labels plus held-back base frames (``trainer.gate_margin``); refused: production stays;
 5. **release + hot-swap**: :func:`avminer.trainer.release.export_release_bundle` (ONNX + model.pt + shift
-   reference refitted on the training frames) and ``EngineHolder.load``: the next segment is mined by it;
+   reference refitted, as the trainer service does, on every base frame but the gates' and every bought label) and ``EngineHolder.load``: the next segment is mined by it;
 6. **evaluate** the production model on the held-out folders (``--eval``) with
    :func:`avminer.evaluation.segmentation.evaluate`: per-condition mIoU, in each folder's own taxonomy and
    in the common one (IDD level-1), and the worst condition.
@@ -451,6 +451,11 @@ def run_one(cfg: BacktestConfig, settings: Settings, strategy: str, seed: int, d
                 tc = TrainConfig(epochs=max(1, math.ceil(cfg.steps / steps_per_epoch)), batch_size=cfg.batch_size,
                                  lr=cfg.lr, seed=seed * 1000 + r, threads=cfg.threads, progress=False,
                                  eval_every=10**9, coarse_taxonomy=_one(coarse))
+                # The shift reference is fitted as the trainer service fits it: on everything the model
+                # learned from (all base frames but the gates', and every bought label), not on this
+                # fine-tune's replay sample, which holds as many frames as the (mostly rare) labels do.
+                reference_frames = LabeledFrames.concat([_label_frames(bought),
+                                                         data.base.subset(sorted(replay_pool.tolist()))])
                 candidate = load_ensemble(Path(holder.current.bundle.path) / "model.pt")
                 candidate = train_ensemble(candidate, train, tc, work_dir=None).model
                 times["train"] = time.perf_counter() - t2
@@ -470,7 +475,7 @@ def run_one(cfg: BacktestConfig, settings: Settings, strategy: str, seed: int, d
                     t4 = time.perf_counter()
                     bundle = export_release_bundle(
                         candidate, run_dir / f"release-{r + 1}", version=f"{strategy}-s{seed}-r{r + 1}",
-                        input_hw=cfg.size, reference=fit_reference(candidate, train),
+                        input_hw=cfg.size, reference=fit_reference(candidate, reference_frames),
                         classes=list(CAMVID.classes), trained_on={"labels": total, "replay": len(pick)},
                     )
                     swap = holder.load(bundle.path)

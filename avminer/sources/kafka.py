@@ -42,8 +42,8 @@ def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str
         "max_poll_interval_ms": k.max_poll_interval_ms,
         "session_timeout_ms": k.session_timeout_ms,
         "heartbeat_interval_ms": k.heartbeat_interval_ms,
-        # kafka-python 3.0.x: read the socket 1 MiB at a time, not 4 KiB (avminer.sources.kafka_recv).
-        **bulk_recv_settings(),
+        # kafka.bulk_recv: read the socket 1 MiB at a time, not 4 KiB (avminer.sources.kafka_recv).
+        **(bulk_recv_settings() if k.bulk_recv else {}),
     }
     # client_kwargs() already carries kafka.extra, but the group settings above must not override it.
     cfg.update(k.extra)

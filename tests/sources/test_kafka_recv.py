@@ -139,12 +139,14 @@ def test_only_tested_kafka_python_versions_get_it(monkeypatch: pytest.MonkeyPatc
     assert reason is not None and "3.1.0" in reason
 
 
-def test_the_miners_consumer_uses_it_unless_kafka_extra_says_otherwise() -> None:
+def test_the_miners_consumer_uses_it_when_asked_unless_kafka_extra_says_otherwise() -> None:
     settings = load_settings(environ={}, overrides={"kafka": {"bootstrap_servers": "127.0.0.1:9"}})
+    assert "kafka_client" not in consumer_config(settings)  # off by default: kafka-python's own path
+    settings = load_settings(environ={}, overrides={"kafka": {"bootstrap_servers": "127.0.0.1:9", "bulk_recv": True}})
     assert consumer_config(settings)["kafka_client"] is kafka_recv.build_client
     from kafka.net.compat import KafkaNetClient
 
-    settings = load_settings(environ={}, overrides={"kafka": {"bootstrap_servers": "127.0.0.1:9",
+    settings = load_settings(environ={}, overrides={"kafka": {"bootstrap_servers": "127.0.0.1:9", "bulk_recv": True,
                                                               "extra": {"kafka_client": KafkaNetClient}}})
     assert consumer_config(settings)["kafka_client"] is KafkaNetClient
 
@@ -176,7 +178,7 @@ def test_the_miners_source_reads_large_records_intact_through_a_real_broker(kafk
     produce(kafka.bootstrap, topic, [(b"k%d" % i, v) for i, v in enumerate(values)])
     settings = load_settings(environ={}, overrides={"kafka": {
         "bootstrap_servers": kafka.bootstrap, "group_id": f"g-{unique}", "session_timeout_ms": 6000,
-        "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 5000,
+        "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 5000, "bulk_recv": True,
         "extra": {"max_partition_fetch_bytes": 8 << 20, "fetch_max_bytes": 16 << 20}}})
     source = KafkaSource(settings, topics=[topic])
     try:

@@ -391,6 +391,10 @@ def run_one(cfg: BacktestConfig, settings: Settings, strategy: str, seed: int, d
     order = rng.permutation(len(data.base))
     gate_base = data.base.subset(sorted(order[: cfg.gate_base].tolist()))
     replay_pool = order[cfg.gate_base:]
+    # The shift reference is fitted as the trainer service fits it: on everything the model learned from
+    # (every base frame but the gates', and every bought label), not on a fine-tune's replay sample, which
+    # holds as many frames as the (mostly rare) labels do.
+    reference_base = data.base.subset(sorted(replay_pool.tolist()))
     bought: list[tuple[np.ndarray, np.ndarray, str, str]] = []
     coarse: set[str] = set()  # taxonomies of the coarse labels among the bought ones (trainer.coarse)
     held: list[tuple[np.ndarray, np.ndarray, str, str]] = []
@@ -446,16 +450,12 @@ def run_one(cfg: BacktestConfig, settings: Settings, strategy: str, seed: int, d
                 n_replay = max(cfg.replay_min, int(round(cfg.replay * len(bought))))
                 pick = np.random.default_rng([seed, r]).choice(replay_pool, size=min(n_replay, len(replay_pool)),
                                                                replace=False)
-                train = LabeledFrames.concat([_label_frames(bought), data.base.subset(sorted(pick.tolist()))])
+                labeled = _label_frames(bought)
+                train = LabeledFrames.concat([labeled, data.base.subset(sorted(pick.tolist()))])
                 steps_per_epoch = max(1, len(train) // cfg.batch_size)
                 tc = TrainConfig(epochs=max(1, math.ceil(cfg.steps / steps_per_epoch)), batch_size=cfg.batch_size,
                                  lr=cfg.lr, seed=seed * 1000 + r, threads=cfg.threads, progress=False,
                                  eval_every=10**9, coarse_taxonomy=_one(coarse))
-                # The shift reference is fitted as the trainer service fits it: on everything the model
-                # learned from (all base frames but the gates', and every bought label), not on this
-                # fine-tune's replay sample, which holds as many frames as the (mostly rare) labels do.
-                reference_frames = LabeledFrames.concat([_label_frames(bought),
-                                                         data.base.subset(sorted(replay_pool.tolist()))])
                 candidate = load_ensemble(Path(holder.current.bundle.path) / "model.pt")
                 candidate = train_ensemble(candidate, train, tc, work_dir=None).model
                 times["train"] = time.perf_counter() - t2
@@ -475,7 +475,7 @@ def run_one(cfg: BacktestConfig, settings: Settings, strategy: str, seed: int, d
                     t4 = time.perf_counter()
                     bundle = export_release_bundle(
                         candidate, run_dir / f"release-{r + 1}", version=f"{strategy}-s{seed}-r{r + 1}",
-                        input_hw=cfg.size, reference=fit_reference(candidate, reference_frames),
+                        input_hw=cfg.size, reference=fit_reference(candidate, LabeledFrames.concat([labeled, reference_base])),
                         classes=list(CAMVID.classes), trained_on={"labels": total, "replay": len(pick)},
                     )
                     swap = holder.load(bundle.path)

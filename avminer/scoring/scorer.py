@@ -121,12 +121,13 @@ def _radar(ctx: BatchContext) -> np.ndarray:
     """Only radar-joined frames read their argmax (a device engine copies just those rows); one call per batch."""
     h, w = ctx.input_hw
     out = np.zeros(len(ctx.frames), dtype=np.float32)
-    rows = [i for i, scan in enumerate(ctx.radar) if scan is not None]
-    if not rows:
+    joined = [(i, scan) for i, scan in enumerate(ctx.radar) if scan is not None]
+    if not joined:
         return out
+    rows = [i for i, _ in joined]
     frames = [ctx.frames[i] for i in rows]
     out[rows] = radar_disagreements(
-        [ctx.out.prediction(i) for i in rows], [ctx.radar[i].detections for i in rows],  # type: ignore[union-attr]
+        [ctx.out.prediction(i) for i in rows], [scan.detections for _, scan in joined],
         [(f.width or w, f.height or h) for f in frames], ctx.camera, ctx.classes,
         [f.gps.speed_mps if f.gps is not None else 0.0 for f in frames],
     )

@@ -331,10 +331,6 @@ class SelectionPolicy:
             self._pool[name] = sk
         return sk
 
-    def _pooled_priority(self) -> QuantileSketch:
-        """Priority sketch of every slice, local and remote."""
-        return self._pooled_sketch(PRIORITY)
-
     def pooled_quantile(self, q: float) -> float | None:
         """The ``q`` quantile of the priority pooled over every slice and known miner (None if empty).
 
@@ -472,12 +468,16 @@ class SelectionPolicy:
         score statistics are not: the new model's frames keep being ranked against the old model's until
         ``warmup_frames`` of them are gathered, then those replace the old (no warm-up gap at each release).
         """
+        self._forget_embeddings()
+        self._next = ({}, RecentScores(self.settings.rank_window, len(COMPONENTS)))
+
+    def _forget_embeddings(self) -> None:
+        """Clear every slice's embedding memories and centre."""
         for st in self._slices.values():
             st.seen.clear()
             st.seen_raw.clear()
             st.mined_memory.clear()
             st.center, st.center_n = None, 0
-        self._next = ({}, RecentScores(self.settings.rank_window, len(COMPONENTS)))
 
     def _surprises(self, sketches: Mapping[str, QuantileSketch], values: Mapping[str, float]) -> dict[str, float]:
         surprise: dict[str, float] = {}
@@ -563,13 +563,10 @@ class SelectionPolicy:
             self._reset()
 
     def _reset(self) -> None:
+        self._forget_embeddings()
         for st in self._slices.values():
             st.local = _new_sketches()
             st.snapshot, st.threshold, st.since_refresh = None, None, 0
-            st.seen.clear()
-            st.seen_raw.clear()
-            st.mined_memory.clear()
-            st.center, st.center_n = None, 0
         self._recent.clear()
         self._ranked = None
         self._next = None

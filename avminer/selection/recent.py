@@ -41,7 +41,8 @@ class RecentScores:
         """The remembered values grouped by slice, ``{slice: [n, width]}``."""
         ids = self._slice_ids[: self._size]
         values = self._values[: self._size]
-        return {key: values[ids == i] for key, i in self._keys.items() if (ids == i).any()}
+        present = np.unique(ids)
+        return {key: values[ids == i] for key, i in self._keys.items() if i in present}
 
     def clear(self) -> None:
         """Forget everything (a new model: scores of the old one are not comparable)."""

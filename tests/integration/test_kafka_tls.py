@@ -200,7 +200,7 @@ def test_the_miners_source_reads_large_records_intact_over_tls(tls_kafka: TlsKaf
 
     from avminer.config import load_settings
     from avminer.sources.kafka import KafkaSource
-    from tests.sources.test_kafka_recv import read_all_through_bulk_receivers
+    from tests.sources.test_kafka_recv import BULK_CONSUMER, read_all_through_bulk_receivers
 
     topic = f"tls-recv-{uuid.uuid4().hex[:8]}"
     tls_kafka.create_topic(topic)
@@ -214,9 +214,7 @@ def test_the_miners_source_reads_large_records_intact_over_tls(tls_kafka: TlsKaf
     finally:
         producer.close(timeout=10)
     settings = load_settings(environ=tls_kafka.kafka_env(), overrides={"kafka": {
-        "group_id": f"g-{uuid.uuid4().hex[:8]}", "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000,
-        "max_poll_interval_ms": 5000, "bulk_recv": True,
-        "extra": {"max_partition_fetch_bytes": 8 << 20, "fetch_max_bytes": 16 << 20}}})
+        "group_id": f"g-{uuid.uuid4().hex[:8]}", **BULK_CONSUMER}})
     source = KafkaSource(settings, topics=[topic])
     try:
         read_all_through_bulk_receivers(source, values)

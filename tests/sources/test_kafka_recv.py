@@ -156,6 +156,13 @@ def _receivers(source: KafkaSource) -> list[Any]:
     return [c.transport._sock_recv for c in conns if getattr(c, "transport", None) is not None]
 
 
+BULK_CONSUMER: dict[str, Any] = {
+    "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 5000, "bulk_recv": True,
+    "extra": {"max_partition_fetch_bytes": 8 << 20, "fetch_max_bytes": 16 << 20},
+}
+"""``kafka`` settings of a fast-joining consumer with the bulk read, fetching records up to 8 MB."""
+
+
 def read_all_through_bulk_receivers(source: KafkaSource, values: list[bytes]) -> None:
     """Poll until ``values`` arrived (60 s at most); they are exactly ``values``, and every connection of
     the source read them through :class:`BulkReceiver`."""
@@ -177,9 +184,7 @@ def test_the_miners_source_reads_large_records_intact_through_a_real_broker(kafk
     values = [rng.randbytes(n) for n in sizes]
     produce(kafka.bootstrap, topic, [(b"k%d" % i, v) for i, v in enumerate(values)])
     settings = load_settings(environ={}, overrides={"kafka": {
-        "bootstrap_servers": kafka.bootstrap, "group_id": f"g-{unique}", "session_timeout_ms": 6000,
-        "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 5000, "bulk_recv": True,
-        "extra": {"max_partition_fetch_bytes": 8 << 20, "fetch_max_bytes": 16 << 20}}})
+        "bootstrap_servers": kafka.bootstrap, "group_id": f"g-{unique}", **BULK_CONSUMER}})
     source = KafkaSource(settings, topics=[topic])
     try:
         read_all_through_bulk_receivers(source, values)

@@ -299,7 +299,11 @@ class SelectionSettings:
     )
     memory_size: int = field(default=2048, metadata=_help("Recently mined embeddings kept for duplicate checks."))
     warmup_frames: int = field(
-        default=200, metadata=_help("Frames per slice seen before quantile thresholds are trusted.")
+        default=200,
+        metadata=_help(
+            "Frames seen (every slice, repeats included; at least 20 of them distinct) before the policy's own"
+            " thresholds are trusted; until then the fleet's pooled statistics stand in, or nothing is mined."
+        ),
     )
     rank_window: int = field(
         default=4096,

@@ -13,24 +13,27 @@ priority is ``max(w_mi * s_mi + w_shift * s_shift, w_radar * s_radar, w_novelty 
 (``settings.score_weights``): uncertainty and unfamiliarity add up (surprises are log tail fractions,
 so the sum ranks the joint rarity, whatever the scores' scales), radar or novelty can carry a frame on
 their own. The reasons of a mined frame are the components that alone clear the threshold
-(``uncertainty``, ``shift``, ``radar``, ``novelty``), else the largest contributor.
+(``uncertainty``, ``shift``, ``radar``, ``novelty``), else the largest contributor. Novelty is measured only
+against :data:`NOVELTY_MIN_SEEN` or more frames of the slice (0 until then).
 
 **Threshold and budget.** A frame is mined iff ``priority > threshold``, the ``1 - q`` quantile of the
-priorities of this miner's last ``rank_window`` distinct frames (every slice), **re-scored against the
-current sketches** — the same statistics the new frame is ranked against (a priority recorded when a frame
-arrived was measured against fewer, older frames and is not comparable: early frames would crowd the top).
-Until this miner has ``warmup_frames`` distinct frames the fleet's pooled priority sketch stands in if it
-holds that many, else nothing is mined (``warmup``). ``rate`` is ``settings.slice_rates[slice]`` if the
-key is there exactly (an exact key may also lower a slice's rate), else the highest of
-``settings.target_rate`` and the rates of matching wildcard patterns (patterns only raise a rate). The
-budget counts **frames seen**, near-duplicates included: ``q = rate x (frames seen / distinct frames, over
-all slices) x catch-up``, so what a standstill's repeats would have cost goes to the best distinct frames
-wherever they are, and ``catch-up = 2 ** ((earned - mined) / CATCH_UP_LABELS)`` bounded by
+priorities of this miner's last ``rank_window`` distinct frames (every slice), **re-scored against the current
+sketches** — the same statistics the new frame is ranked against (a priority recorded when a frame arrived was
+measured against fewer, older frames and is not comparable: early frames would crowd the top). Until this
+miner has seen ``warmup_frames`` frames, :data:`WARMUP_MIN_FRAMES` of them distinct (frames seen are what the
+baselines' warm-up counts too; a warm-up of distinct frames lasted three times longer on a stream of
+standstill repeats and turned away the first burst of an unfamiliar condition), the fleet's pooled priority
+sketch stands in if it holds ``warmup_frames`` frames, else nothing is mined (``warmup``). ``rate`` is
+``settings.slice_rates[slice]`` if the key is there exactly (an exact key may also lower a slice's rate), else
+the highest of ``settings.target_rate`` and the rates of matching wildcard patterns (patterns only raise a
+rate). The budget counts **frames seen**, near-duplicates included: ``q = rate x (frames seen / distinct
+frames, over all slices) x catch-up``, so what a standstill's repeats would have cost goes to the best
+distinct frames wherever they are, and ``catch-up = 2 ** ((earned - mined) / CATCH_UP_LABELS)`` bounded by
 :data:`CATCH_UP` (``earned = sum of rate x frames seen``): refusals of the guards below and the warm-up are
-bought back, a burst is paid back, both gently — a quiet stretch of ordinary frames must not pull the bar
-down into the common case, nor a burst of unfamiliar frames (a vehicle driving into dusk) be turned away
-because the budget ran ahead. With default rates every slice has the same threshold: how much of the
-budget a condition gets follows its priorities, i.e. measured unfamiliarity and uncertainty.
+bought back, a burst is paid back, both gently — a quiet stretch of ordinary frames must not pull the bar down
+into the common case, nor a burst of unfamiliar frames (a vehicle driving into dusk) be turned away because
+the budget ran ahead. With default rates every slice has the same threshold: how much of the budget a
+condition gets follows its priorities, i.e. measured unfamiliarity and uncertainty.
 
 **A new model** (a hot-swapped release: frames carry the model version) scores on another scale and
 embeds in another space: embedding memories are cleared at once; its frames are ranked against the old
@@ -80,7 +83,8 @@ PRIORITY = "priority"
 REFRESH_EVERY = 16
 """Frames of a slice between two re-reads of its thresholds (more once its sketch is large)."""
 WARMUP_MIN_FRAMES = 20
-"""Frames of their own the score baselines (:mod:`avminer.selection.baselines`) need before they mine."""
+"""Distinct frames of its own this policy needs before it mines (fewer only if ``warmup_frames`` is smaller);
+the score baselines (:mod:`avminer.selection.baselines`) need at least this many frames."""
 FLEET_RANKED = ("mi", "shift")
 """Components of the full policy ranked against every slice's frames (the rest within the slice)."""
 CATCH_UP = (0.5, 2.0)
@@ -149,6 +153,10 @@ def unpack_sketches(data: bytes) -> dict[str, QuantileSketch]:
     return {name: QuantileSketch.from_bytes(blob) for name, blob in raw.items()}
 
 
+NOVELTY_MIN_SEEN = 16
+"""Distinct frames a slice's memory must hold (of the current model) before a frame's novelty is measured;
+until then it is 0, as for a frame without an embedding (the first frames after a release all scored 1.0,
+the slice's rarest value, and were mined for novelty alone)."""
 CENTER_HORIZON = 512
 """Frames a slice's embedding centre averages over (an exponential moving average after that)."""
 EXACT_REPEAT = 0.999
@@ -256,20 +264,22 @@ class SelectionPolicy:
         """The ``1 - q`` quantile of the recent frames' priorities, ``q`` per frame seen with catch-up.
 
         ``q = rate x (frames seen / distinct frames, over every slice) x catch-up`` (module docstring). The
-        priorities are the recent frames' re-scored now (:meth:`_recent_priorities`); until this miner has
-        ``warmup_frames`` of its own, the fleet's pooled priority sketch stands in, if it is large enough.
+        priorities are the recent frames' re-scored now (:meth:`_recent_priorities`); until this miner is
+        warm (``warmup_frames`` frames seen, :data:`WARMUP_MIN_FRAMES` of them distinct, or all of a
+        smaller warm-up), the fleet's pooled priority sketch stands in, if it is large enough.
         """
         warmup = max(self.settings.warmup_frames, 1)
         pooled = self._pooled_sketch(PRIORITY)
-        if len(self._recent) < warmup and pooled.count < warmup:
-            return None
         frames = sum(x.frames for x in self._slices.values())
         distinct = sum(x.distinct for x in self._slices.values())
+        warm = frames >= warmup and len(self._recent) >= min(warmup, WARMUP_MIN_FRAMES)
+        if not warm and pooled.count < warmup:
+            return None
         earned = sum(x.rate * x.frames for x in self._slices.values())
         mined = sum(x.mined for x in self._slices.values())
         catch_up = min(max(2.0 ** ((earned - mined) / CATCH_UP_LABELS), CATCH_UP[0]), CATCH_UP[1])
         q = min(st.rate * frames / max(distinct, 1) * catch_up, 1.0)
-        if len(self._recent) < warmup:
+        if not warm:
             return pooled.quantile(1.0 - q)
         ranked = self._recent_priorities()
         return float(ranked[min(int((1.0 - q) * len(ranked)), len(ranked) - 1)])
@@ -401,7 +411,9 @@ class SelectionPolicy:
             if sim >= s.duplicate_similarity or float(st.seen_raw.max_similarity(raw)[0]) >= EXACT_REPEAT:
                 st.rejected["duplicate"] += 1
                 return Verdict(False, [], 0.0, "duplicate", st.threshold, {"novelty": 1.0 - max(sim, 0.0)})
-            novelty = 1.0 - max(sim, 0.0) if len(st.seen) else 1.0
+            # Against a few frames (a new slice, or memories just cleared for a new model) and a centre
+            # averaged over them, every frame looks new: unmeasured, like a frame without an embedding.
+            novelty = 1.0 - max(sim, 0.0) if len(st.seen) >= NOVELTY_MIN_SEEN else 0.0
             st.seen.add(unit)
             st.seen_raw.add(raw)
 

@@ -279,3 +279,43 @@ def test_a_new_model_ranks_against_the_old_statistics_until_it_has_its_own() -> 
     mined = run(policy, rest)
     assert policy._next is None
     assert len(mined) == pytest.approx(0.05 * len(rest), rel=0.3)
+
+
+def test_warm_up_counts_frames_seen_and_needs_distinct_ones() -> None:
+    """A camera at a standstill sends every picture five times. The warm-up ends after ``warmup_frames``
+    frames *seen* (as the baselines count it), so a burst of unfamiliar frames right after it is mined; a
+    camera stuck on one picture does not end the warm-up however many frames it sends."""
+    settings = SelectionSettings(target_rate=0.02, slice_rates={}, camera_cooldown_s=0.0, warmup_frames=100)
+    stuck = SelectionPolicy(settings, clock=FakeClock())
+    same = synthetic_stream(1, seed=1, repeat=150, slice_p=(1.0, 0.0, 0.0))
+    assert {v.rejected for v in stuck.select(same)} == {"warmup", "duplicate"}
+
+    policy = SelectionPolicy(settings, clock=FakeClock())
+    repeats = synthetic_stream(24, seed=2, repeat=5, slice_p=(1.0, 0.0, 0.0))  # 120 frames, 24 distinct
+    verdicts = policy.select(repeats[:100])
+    assert verdicts[-1].rejected in ("below_threshold", "duplicate")  # warm after 100 frames, 20 distinct
+    rng = np.random.default_rng(3)
+    burst = [_hot(f"dusk{i}", f"d{i}", "dusk/clear/x", 200.0 + i, rng.normal(size=16).astype(np.float32),
+                  mi=1.0 + 0.1 * i, shift=500.0 + i) for i in range(4)]
+    assert all(v.mined for v in policy.select(burst)), policy.stats()
+
+
+def test_first_frames_after_a_release_are_not_mined_for_novelty() -> None:
+    """Memories are cleared for a new model; against an empty memory every frame would look new (novelty
+    1.0, the slice's rarest value) and be mined for that alone. Novelty waits for enough frames instead."""
+    settings = SelectionSettings(target_rate=0.15, slice_rates={}, camera_cooldown_s=0.0, warmup_frames=100)
+    policy = SelectionPolicy(settings, clock=FakeClock())
+    rng = np.random.default_rng(13)
+    basis = rng.normal(size=(6, 16)).astype(np.float32)  # video frames: embeddings on a low-dimensional manifold
+    old = synthetic_stream(600, seed=11, slice_p=(1.0, 0.0, 0.0))
+    new = synthetic_stream(40, seed=12, slice_p=(1.0, 0.0, 0.0))
+    for version, frames in (("v1", old), ("v2", new)):
+        for c in frames:
+            c.embedding = rng.normal(size=6).astype(np.float32) @ basis
+            c.model_version, c.sample_id = version, version + c.sample_id
+    run(policy, old)
+    verdicts = policy.select(new)
+    assert [v.rejected for v in verdicts[:16]].count("duplicate") == 0
+    assert all(v.scores["novelty"] == 0.0 for v in verdicts[:16])
+    assert all(v.scores["novelty"] > 0.0 for v in verdicts[16:] if v.rejected != "duplicate")
+    assert not any("novelty" in v.reasons for v in verdicts[:16])  # before: the first one was, at novelty 1.0

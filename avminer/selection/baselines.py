@@ -10,9 +10,11 @@ team would do without it, through the same miner: only ``selection.policy`` chan
   top-k that follows a new model's score scale within one window; no slices, no duplicate suppression).
 - ``mi``: the same with the ensemble's mutual information alone (the scorer's ``mi``: Deep Probabilistic
   Ensembles, Chitta et al. 2018).
+- ``bald``: the same ranking of ``mi``, which the torch engine then computes over Monte-Carlo dropout
+  passes of one member (``engine.mc_dropout_samples``; BaaL's approach) instead of over the ensemble.
 
-MC-dropout BALD (BaaL's approach) was measured before the engines computed their scores in the model graph
-(#14) and is not ported to it yet.
+Their warm-up is ``warmup_frames`` frames seen (at least :data:`WARMUP_MIN_FRAMES`): frames seen, like the
+full policy's.
 
 None of them keeps per-slice statistics or shares sketches with the fleet: their sketch export is empty
 and remote sketches are ignored.

@@ -199,17 +199,24 @@ class MCDropoutEnsemble(nn.Module):
     mutual information over those passes is BALD (Houlsby et al., 2011). Features stay the deterministic
     ensemble's, so shift detection and near-duplicate checks are unchanged. Costs K + T member passes.
 
+    The dropout masks come from their own seed, ``seed`` and the number of batches scored so far, not from
+    the process's random state (which depends on what the process ran before): the same batches give the
+    same scores, so a replayed stream gets the same selections.
+
     Args:
         ensemble: the served :class:`Ensemble` (weights shared, not copied).
         samples: T, the number of stochastic passes (>= 2).
+        seed: seed of the dropout masks.
     """
 
-    def __init__(self, ensemble: Ensemble, samples: int) -> None:
+    def __init__(self, ensemble: Ensemble, samples: int, seed: int = 0) -> None:
         super().__init__()
         if samples < 2:
             raise ValueError(f"MC dropout needs >= 2 samples, got {samples}")
         self.ensemble = ensemble
         self.samples = samples
+        self.seed = seed
+        self._batches = 0
 
     @property
     def num_classes(self) -> int:
@@ -220,9 +227,12 @@ class MCDropoutEnsemble(nn.Module):
         _, feats = self.ensemble.member_outputs(images)  # deterministic: dropout off
         member = self.ensemble.members[0]
         x = self.ensemble.normalise(images)
-        set_mc_dropout(member, True)
-        try:
-            logits = torch.stack([member(x)[0] for _ in range(self.samples)])  # [T, N, C, H, W]
-        finally:
-            set_mc_dropout(member, False)
+        with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
+            torch.manual_seed(self.seed * 1_000_003 + self._batches)
+            self._batches += 1
+            set_mc_dropout(member, True)
+            try:
+                logits = torch.stack([member(x)[0] for _ in range(self.samples)])  # [T, N, C, H, W]
+            finally:
+                set_mc_dropout(member, False)
         return logits, feats

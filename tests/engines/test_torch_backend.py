@@ -119,5 +119,15 @@ def test_mc_dropout_scores_bald_over_stochastic_passes_of_one_member(bundles: di
     assert not torch.equal(logits[0], logits[1]), "each pass draws its own dropout mask"
     # Dropout is switched back off after the passes: the member is deterministic again.
     assert torch.equal(once, twice) and not any(m.training for m in model.modules())
+    # The masks come from the engine's own seed, not the process's random state: a replay scores the same.
+    with TorchEngine(bundles["v1"], mc_dropout_samples=8) as again:
+        torch.rand(7)  # whatever the process drew before
+        replay = again.infer(images)
+    np.testing.assert_array_equal(replay.score("mi_mean"), b.score("mi_mean"))
+    with torch.no_grad():
+        first, second = (MCDropoutEnsemble(model, 4).member_outputs(x)[0] for _ in range(2))
+        seeded = MCDropoutEnsemble(model, 4)
+        one, two = seeded.member_outputs(x)[0], seeded.member_outputs(x)[0]
+    assert torch.equal(first, second) and not torch.equal(one, two)  # a new mask per batch, the same per replay
     with pytest.raises(EngineError, match="mc_dropout_samples"):
         TorchEngine(bundles["v1"], mc_dropout_samples=1)

@@ -77,7 +77,7 @@ def test_quick_backtest_end_to_end(fleet: Path, tmp_path: Path) -> None:
     assert ppath.stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("strategy", ["full", "random"])
+@pytest.mark.parametrize("strategy", ["full", "random", "bald"])
 def test_same_seed_stream_and_settings_give_the_same_selections(fleet: Path, tmp_path: Path, strategy: str) -> None:
     from avminer.engines.hotswap import EngineHolder
     from avminer.selection.registry import make_policy

@@ -106,6 +106,15 @@ class KafkaSettings:
             " an idle one (README, Ingest), so off unless measured to help on the node."
         ),
     )
+    keep_fetch_memory: bool = field(
+        default=True,
+        metadata=_help(
+            "A process with a Kafka consumer keeps freed fetch buffers for the next fetch (glibc's malloc"
+            " thresholds, avminer.sources.kafka_memory): without it kafka-python's multi-megabyte buffers"
+            " are page-faulted back in every fetch, ~2/3 of its CPU a message (README, Ingest). Costs up to"
+            " 64 MiB of unused memory kept per malloc arena."
+        ),
+    )
     extra: dict[str, Any] = field(
         default_factory=dict, metadata=_help("Any other kafka-python client settings, passed through as-is.")
     )

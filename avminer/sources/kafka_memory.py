@@ -7,9 +7,10 @@ copy) and frees them a moment later. tansu answers a fetch of 48.6 KB camera fra
 (``munmap`` of a chunk above ``M_MMAP_THRESHOLD``, or trimming the heap top above
 ``M_TRIM_THRESHOLD``; its dynamic thresholds settle at twice the largest chunk, below this working
 set), and the next fetch takes every page back with a page fault and a kernel zero-fill. Measured on
-a consumer of 2,000 such frames (README, "Ingest"): 35-45 minor page faults and ~100-120 µs of system
-CPU a message, two thirds of kafka-python's CPU; with the thresholds below, 0-0.3 faults, ~15-25 µs of
-system CPU, and no higher peak RSS (the same pages are reused rather than mapped anew).
+a consumer of 2,000 such frames (README, "Ingest"): 35-45 minor page faults and ~100-140 µs of system
+CPU a message, two thirds of kafka-python's CPU; with the thresholds below, ~0 faults once the first
+fetches have run, ~10-40 µs of system CPU, and no higher peak RSS (the same pages are reused rather
+than mapped anew).
 
 What :func:`keep_fetch_memory` does: ``mallopt(M_MMAP_THRESHOLD, 32 MiB)`` (glibc's ceiling for the
 dynamic threshold on 64-bit: fetch-sized chunks come from the heap, not from fresh mappings) and

@@ -5,8 +5,8 @@ reads, the zero-filled ``KafkaBytes`` frame, its ``bytes`` copy, each record bat
 copy) and frees them a moment later. tansu answers a fetch of 48.6 KB camera frames with ~6 MB, so
 ~25-30 MB are allocated and freed per fetch. glibc's malloc hands memory that large back to the kernel
 (``munmap`` of a chunk above ``M_MMAP_THRESHOLD``, or trimming the heap top above
-``M_TRIM_THRESHOLD``; its dynamic thresholds settle at twice the largest chunk, below this working
-set), and the next fetch takes every page back with a page fault and a kernel zero-fill. Measured on
+``M_TRIM_THRESHOLD``; its dynamic thresholds follow the largest chunk freed, the trim threshold at
+twice that, below this working set), and the next fetch takes every page back with a page fault and a kernel zero-fill. Measured on
 a consumer of 2,000 such frames (README, "Ingest"): 35-45 minor page faults and ~100-140 µs of system
 CPU a message, two thirds of kafka-python's CPU; with the thresholds below, ~0 faults once the first
 fetches have run, ~10-40 µs of system CPU, and no higher peak RSS (the same pages are reused rather

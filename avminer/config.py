@@ -102,8 +102,18 @@ class KafkaSettings:
         default=False,
         metadata=_help(
             "Consumers read the socket 1 MiB at a time (avminer.sources.kafka_recv; kafka-python 3.0.x only)"
-            " instead of kafka-python's 4 KiB loop: 8-18 % less CPU a message on a loaded 2-core box, none on"
-            " an idle one (README, Ingest), so off unless measured to help on the node."
+            " instead of kafka-python's 4 KiB loop: ~20 us less CPU a message on a loaded 2-core box (with"
+            " keep_fetch_memory), none on an idle one before fetch memory was kept (README, Ingest), so off"
+            " unless measured to help on the node."
+        ),
+    )
+    keep_fetch_memory: bool = field(
+        default=True,
+        metadata=_help(
+            "A process with a Kafka consumer keeps freed fetch buffers for the next fetch (glibc's malloc"
+            " thresholds, avminer.sources.kafka_memory): without it kafka-python's multi-megabyte buffers"
+            " are page-faulted back in every fetch, ~2/3 of its CPU a message (README, Ingest). Costs up to"
+            " 64 MiB of unused memory kept per malloc arena."
         ),
     )
     extra: dict[str, Any] = field(

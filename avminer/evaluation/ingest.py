@@ -10,8 +10,11 @@ share warm caches or imports:
   (``kafka/record/util.py``: ``from crc32c import crc32c`` or the pure-Python ``kafka.record._crc32c``,
   bound as the default argument of ``calc_crc32c``), so the worker reads back which function is bound and
   reports it;
-- ``kafka-python (avminer recv)``: kafka-python as avminer's consumers run it, with the bulk socket read
-  of :mod:`avminer.sources.kafka_recv` (``recv_into`` 1 MiB instead of ``recv(4096)``); the worker
+- ``kafka-python (avminer)``: kafka-python as avminer's consumers run it by default: the process keeps
+  freed fetch buffers (:mod:`avminer.sources.kafka_memory`, ``kafka.keep_fetch_memory``); the worker
+  reports what its allocator runs with;
+- ``kafka-python (avminer recv)``: the same with ``kafka.bulk_recv``, the bulk socket read of
+  :mod:`avminer.sources.kafka_recv` (``recv_into`` 1 MiB instead of ``recv(4096)``); the worker
   reports which receive path its connections actually used;
 - ``confluent-kafka``: librdkafka, with ``check.crcs=true`` (librdkafka's default is false; kafka-python
   checks by default), so both clients verify the CRC-32C of every v2 record batch.
@@ -41,7 +44,8 @@ from avminer.errors import SourceError
 
 KAFKA_PYTHON = "kafka-python"
 KAFKA_PYTHON_NO_CRC32C = "kafka-python (no crc32c)"
-KAFKA_PYTHON_AVMINER = "kafka-python (avminer recv)"
+KAFKA_PYTHON_AVMINER = "kafka-python (avminer)"
+KAFKA_PYTHON_AVMINER_RECV = "kafka-python (avminer recv)"
 CONFLUENT = "confluent-kafka"
 CONFLUENT_MISSING = "confluent-kafka not installed: pip install 'avminer[bench]'"
 IDLE_TIMEOUT_S = 30.0
@@ -63,6 +67,7 @@ class IngestRow:
     crc32c_impl: str = ""  # the CRC-32C function the consumer used, as read back in the worker
     crc32c_native: bool | None = None
     recv_path: str = ""  # kafka-python rows: whose socket read its connections used
+    malloc: str = ""  # kafka-python rows: the allocator's thresholds, as the worker set or left them
     checks_crcs: bool | None = None
     decode: bool = False
     messages: int = 0
@@ -192,6 +197,11 @@ def _consume_kafka_python(spec: dict[str, Any]) -> dict[str, Any]:
     from kafka import KafkaConsumer, TopicPartition
 
     impl, native = _crc32c_in_use()
+    malloc = "C library defaults (kafka-python's own setup)"
+    if spec.get("keep_memory"):
+        from avminer.sources.kafka_memory import keep_fetch_memory
+
+        malloc = keep_fetch_memory()
     bulk: dict[str, Any] = {}
     if spec.get("bulk_recv"):
         from avminer.sources.kafka_recv import bulk_recv_settings
@@ -224,7 +234,7 @@ def _consume_kafka_python(spec: dict[str, Any]) -> dict[str, Any]:
                 n += len(records)
             last = time.perf_counter()
         return {"version": kafka.__version__, "crc32c_impl": impl, "crc32c_native": native,
-                "recv_path": _recv_path(consumer), "checks_crcs": bool(consumer.config["check_crcs"]), "high_watermark": high_watermark,
+                "recv_path": _recv_path(consumer), "malloc": malloc, "checks_crcs": bool(consumer.config["check_crcs"]), "high_watermark": high_watermark,
                 "config": {key: consumer.config[key] for key in spec.get("config", {})},
                 **_counts(n, len(seen), size, started, first_at, last, decode),
                 "cpu_s": time.process_time() - cpu_started}
@@ -370,7 +380,8 @@ def run_ingest_bench(
     partitions: int = 1,
     decode: bool = False,
     repeats: int = 1,
-    clients: tuple[str, ...] = (KAFKA_PYTHON, KAFKA_PYTHON_NO_CRC32C, KAFKA_PYTHON_AVMINER, CONFLUENT),
+    clients: tuple[str, ...] = (KAFKA_PYTHON, KAFKA_PYTHON_NO_CRC32C, KAFKA_PYTHON_AVMINER, KAFKA_PYTHON_AVMINER_RECV,
+                                CONFLUENT),
     workdir: Path | None = None,
     kafka_python_config: dict[str, Any] | None = None,
 ) -> IngestReport:
@@ -383,7 +394,7 @@ def run_ingest_bench(
         partitions: partitions of the topic (messages are spread round-robin).
         decode: also time kafka-python and confluent-kafka decoding every message (extra rows).
         repeats: measure every variant this many times (interleaved) and keep the best rate.
-        clients: the variants to run (a subset of the four defaults).
+        clients: the variants to run (a subset of the five defaults).
         workdir: where a started broker keeps its log (default: a temporary directory).
         kafka_python_config: extra ``KafkaConsumer`` settings for the kafka-python rows (fetch sizes,
             ``receive_buffer_bytes``...: what the miner's ``kafka.extra`` would pass).
@@ -419,7 +430,8 @@ def run_ingest_bench(
                         continue
                     spec = {"bootstrap": server, "topic": topic, "partitions": partitions, "messages": messages,
                             "client": CONFLUENT if client == CONFLUENT else KAFKA_PYTHON, "decode": dec,
-                            "bulk_recv": client == KAFKA_PYTHON_AVMINER,
+                            "keep_memory": client in (KAFKA_PYTHON_AVMINER, KAFKA_PYTHON_AVMINER_RECV),
+                            "bulk_recv": client == KAFKA_PYTHON_AVMINER_RECV,
                             "block": ["crc32c"] if client == KAFKA_PYTHON_NO_CRC32C else [],
                             "config": consumer_config}
                     _record(row, _run_worker(spec, timeout_s), messages, consumer_config)
@@ -465,7 +477,7 @@ def _record(row: IngestRow, result: dict[str, Any], expected: int, spec_config: 
     row.repeats_msgs_per_s.append(round(rate, 1))
     row.version, row.crc32c_impl = result["version"], result["crc32c_impl"]
     row.crc32c_native, row.checks_crcs = result["crc32c_native"], result["checks_crcs"]
-    row.recv_path = result.get("recv_path", "")
+    row.recv_path, row.malloc = result.get("recv_path", ""), result.get("malloc", "")
     cpu_us = round(1e6 * result["cpu_s"] / max(1, result["messages"]), 1)
     row.cpu_us_per_msg = min(row.cpu_us_per_msg or cpu_us, cpu_us)
     if rate >= row.msgs_per_s:
@@ -485,15 +497,15 @@ def _ratios(rows: dict[tuple[str, bool], IngestRow]) -> dict[str, float]:
     ratios: dict[str, float] = {}
     if rate(KAFKA_PYTHON) and rate(KAFKA_PYTHON_NO_CRC32C):
         ratios["kafka_python_crc32c_over_no_crc32c"] = round(rate(KAFKA_PYTHON) / rate(KAFKA_PYTHON_NO_CRC32C), 2)
-    if rate(KAFKA_PYTHON) and rate(CONFLUENT):
-        ratios["kafka_python_over_confluent"] = round(rate(KAFKA_PYTHON) / rate(CONFLUENT), 3)
-    if rate(KAFKA_PYTHON_AVMINER) and rate(CONFLUENT):
-        ratios["kafka_python_avminer_recv_over_confluent"] = round(rate(KAFKA_PYTHON_AVMINER) / rate(CONFLUENT), 3)
-    if rate(KAFKA_PYTHON_AVMINER, True) and rate(CONFLUENT, True):
-        ratios["kafka_python_avminer_recv_over_confluent_decode"] = round(
-            rate(KAFKA_PYTHON_AVMINER, True) / rate(CONFLUENT, True), 3)
-    if rate(KAFKA_PYTHON_AVMINER) and rate(KAFKA_PYTHON):
-        ratios["avminer_recv_over_kafka_python_recv"] = round(rate(KAFKA_PYTHON_AVMINER) / rate(KAFKA_PYTHON), 3)
+    for dec, suffix in ((False, ""), (True, "_decode")):
+        if rate(KAFKA_PYTHON, dec) and rate(CONFLUENT, dec):
+            ratios[f"kafka_python_over_confluent{suffix}"] = round(rate(KAFKA_PYTHON, dec) / rate(CONFLUENT, dec), 3)
+    for client, name in ((KAFKA_PYTHON_AVMINER, "avminer"), (KAFKA_PYTHON_AVMINER_RECV, "avminer_recv")):
+        for dec, suffix in ((False, ""), (True, "_decode")):
+            if rate(client, dec) and rate(CONFLUENT, dec):
+                ratios[f"kafka_python_{name}_over_confluent{suffix}"] = round(rate(client, dec) / rate(CONFLUENT, dec), 3)
+        if rate(client) and rate(KAFKA_PYTHON):
+            ratios[f"{name}_over_kafka_python"] = round(rate(client) / rate(KAFKA_PYTHON), 3)
     for client in (KAFKA_PYTHON, CONFLUENT):
         if rate(client) and rate(client, True):
             ratios[f"{client.replace('-', '_')}_decode_over_plain"] = round(rate(client, True) / rate(client), 3)
@@ -517,10 +529,14 @@ def format_report(report: IngestReport) -> str:
         decode_us = "" if row.decode_us_per_msg is None else f"{row.decode_us_per_msg:.1f}"
         lines.append(f"{row.client:28s} {dec:6s} {crc:34s} {row.msgs_per_s:9.1f} {row.mb_per_s:8.2f} "
                      f"{row.seconds:8.3f} {row.first_message_s:9.3f} {decode_us:>13s} {row.cpu_us_per_msg:10.1f}")
+    for row in report.rows:
+        if row.available and not row.decode and row.client != CONFLUENT:
+            lines.append(f"{row.client}: malloc {row.malloc}; socket read by {row.recv_path}")
     labels = {
         "kafka_python_crc32c_over_no_crc32c": "kafka-python with crc32c / without",
         "kafka_python_over_confluent": "kafka-python / confluent-kafka",
-        "kafka_python_avminer_recv_over_confluent": "kafka-python with avminer's recv / confluent-kafka",
+        "kafka_python_avminer_over_confluent": "kafka-python as avminer runs it / confluent-kafka",
+        "kafka_python_avminer_recv_over_confluent": "kafka-python as avminer runs it, with bulk_recv / confluent-kafka",
     }
     for key, value in report.ratios.items():
         lines.append(f"{labels.get(key, key.replace('_', ' '))}: {value}")

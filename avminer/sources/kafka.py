@@ -25,6 +25,7 @@ from avminer.config import Settings
 from avminer.errors import SourceError
 from avminer.metrics import ASSIGNED_PARTITIONS, COMMITS, KAFKA_ERRORS
 from avminer.sources.base import AssignedCallback, Partition, RevokedCallback, SourceMessage
+from avminer.sources.kafka_memory import keep_fetch_memory
 from avminer.sources.kafka_recv import bulk_recv_settings
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,15 @@ def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str
     return cfg
 
 
+def source_message(record: Any) -> SourceMessage:
+    """A kafka-python ``ConsumerRecord`` as a :class:`SourceMessage` (a null value becomes empty bytes)."""
+    return SourceMessage(
+        topic=record.topic, partition=record.partition, offset=record.offset,
+        value=record.value if record.value is not None else b"", key=record.key,
+        timestamp_ms=int(record.timestamp or 0),
+    )
+
+
 class KafkaSource:
     """A consumer-group member on the camera (and radar) topics.
 
@@ -69,6 +79,8 @@ class KafkaSource:
         # Partitions assigned since the last poll: their position must be reset to the committed offset.
         self._reset: set[Partition] = set()
         self._reset_lock = threading.Lock()
+        if settings.kafka.keep_fetch_memory:
+            keep_fetch_memory()
         try:
             self._consumer = KafkaConsumer(**consumer_config(settings, group_id))
             self._consumer.subscribe(self.topics, listener=_Listener(self))
@@ -96,14 +108,7 @@ class KafkaSource:
         for tp, records in batches.items():
             if (tp.topic, tp.partition) in stale:
                 continue
-            for r in records:
-                out.append(
-                    SourceMessage(
-                        topic=r.topic, partition=r.partition, offset=r.offset,
-                        value=r.value if r.value is not None else b"", key=r.key,
-                        timestamp_ms=int(r.timestamp or 0),
-                    )
-                )
+            out += map(source_message, records)
         return out
 
     def _reset_positions(self) -> None:

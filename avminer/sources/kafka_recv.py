@@ -2,8 +2,9 @@
 
 kafka-python 3.0.12 reads a connection with ``recv(4096)`` in a Python loop and joins the pieces
 (``kafka/net/transport.py``, ``_sock_recv``): ~12 system calls, 12 small ``bytes`` and a join for
-every 48 KB camera frame, all in its network thread under the GIL. Measured with ``avminer bench
-ingest``, that receive path is most of the gap to confluent-kafka (README, "Ingest").
+every 48 KB camera frame, all in its network thread under the GIL. With fetch memory kept
+(:mod:`avminer.sources.kafka_memory`) that read is ~20-30 µs of kafka-python's ~105 µs of CPU a
+message, this one's ~4-6 (``tools/ingest_stages.py``; README, "Ingest").
 
 This module reads the same socket with ``recv_into`` into a buffer each connection keeps
 (:data:`RECV_CHUNK` bytes, 1 MiB), looping until the socket would block exactly as kafka-python's

@@ -41,7 +41,8 @@ def register(sub: Any) -> None:
 
 
 _CLIENTS = {"kafka-python": "kafka-python", "no-crc32c": "kafka-python (no crc32c)",
-            "avminer-recv": "kafka-python (avminer recv)", "confluent": "confluent-kafka"}
+            "avminer": "kafka-python (avminer)", "avminer-recv": "kafka-python (avminer recv)",
+            "confluent": "confluent-kafka"}
 """``--clients`` names -> the bench's variants (:mod:`avminer.evaluation.ingest`)."""
 
 

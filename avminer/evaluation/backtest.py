@@ -323,13 +323,17 @@ RESULT_FILE = "result.json"
 
 
 def run_key(cfg: BacktestConfig, settings: Settings) -> str:
-    """What a finished run's result depends on (everything but which runs, how many at once, and where)."""
+    """What a finished run's result depends on (everything but which runs, how many at once, and where).
+
+    The ``kafka`` settings are left out: the embedded miner reads the drive log, never a broker.
+    """
     import hashlib
 
     fields = {k: v for k, v in asdict(cfg).items() if k not in ("strategies", "seeds", "jobs", "out")}
     stream = Path(cfg.stream)
     fields["stream_file"] = [stream.stat().st_size, stream.stat().st_mtime] if stream.exists() else None
-    text = json.dumps([fields, settings.as_dict()], sort_keys=True, default=str)
+    used = {k: v for k, v in settings.as_dict().items() if k != "kafka"}
+    text = json.dumps([fields, used], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

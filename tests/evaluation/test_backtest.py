@@ -17,6 +17,7 @@ from avminer.evaluation.backtest import (
     mine_segment,
     quick_config,
     run_backtest,
+    run_key,
     run_settings,
     summarise,
     write_report,
@@ -167,3 +168,14 @@ def test_bald_baseline_runs_the_torch_engine_with_mc_dropout(fleet: Path, tmp_pa
         holder.close()
     assert len(decided) == data.segments[0].frames
     assert any(d.decision.mined for d in decided)
+
+
+def test_run_key_follows_what_a_run_reads() -> None:
+    """A finished run is reused only under the same settings; the broker settings, which the embedded miner
+    never reads, do not count."""
+    cfg = quick_config(stream=Path("s"), base=Path("b"), eval_folders=[Path("e")])
+    base = load_settings(None, environ={})
+    broker = load_settings(None, environ={}, overrides={"kafka": {"bootstrap_servers": "127.0.0.1:1"}})
+    policy = load_settings(None, environ={}, overrides={"selection": {"warmup_frames": 7}})
+    assert run_key(cfg, base) == run_key(cfg, broker) != run_key(cfg, policy)
+    assert run_key(cfg, base) != run_key(replace(cfg, steps=cfg.steps + 1), base)

@@ -3,7 +3,8 @@
 Three methods, composable (:func:`adapt`), applied to a model fine-tuned from an existing bundle:
 
 - ``synth``: train with synthetic conditions rendered on the labeled source frames
-  (:mod:`avminer.trainer.synth`; labels carry over).
+  (:mod:`avminer.trainer.synth`; labels carry over); its ``target_style`` condition borrows the look of the
+  unlabeled target frames, so ``synth`` uses them too when the mix has it.
 - ``adabn``: re-estimate every BatchNorm's statistics on unlabeled target frames (Li et al., "Revisiting
   Batch Normalization For Practical Domain Adaptation", ICLR-W 2017). One model serves every condition,
   so the statistics are re-estimated on the target frames pooled with an equal number of source frames
@@ -348,7 +349,8 @@ def adapt(
     Args:
         model: the trained ensemble (fine-tuned from its weights).
         source: labeled source frames (fine CamVid ids).
-        target: unlabeled target frames (labels ignored), every target condition pooled.
+        target: unlabeled target frames (labels ignored), every target condition pooled; also the styles of
+            the ``target_style`` synthetic condition.
         cfg: methods and settings.
         target_labeled: labeled target frames (fine ids, or coarse ones encoded by
             :func:`avminer.trainer.coarse.encode_coarse` with ``cfg.train.coarse_taxonomy`` set).

@@ -393,9 +393,11 @@ class TrainerSettings:
     retrain_interval_s: float = field(default=86400.0, metadata=_help("Retrain at least this often (seconds)."))
     work_dir: str = field(default="avminer-train", metadata=_help("Checkpoints and candidate bundles."))
     synth_mix: dict[str, float] = field(
-        default_factory=lambda: {"fog": 0.1, "dusk": 0.3, "night": 0.1, "rain": 0.05},
+        default_factory=lambda: {"fog": 0.05, "dusk": 0.2, "night": 0.05, "rain": 0.05, "appearance": 0.1,
+                                 "target_style": 0.1},
         metadata=_help("Adaptation (train run --adapt synth): share of training frames rendered in each synthetic"
-                       " condition (fog, dusk, night, rain); each in [0, 1], sum <= 1, the rest stay clear."),
+                       " condition (fog, dusk, night, rain, appearance, target_style: see avminer.trainer.synth);"
+                       " each in [0, 1], sum <= 1, the rest stay clear."),
     )
 
 

@@ -4,6 +4,9 @@
         [--target-labels DIR] [--init BUNDLE] [--synth-mix fog=0.1,dusk=0.3] [--pseudo-rounds N] --out BUNDLE
     avminer train report --adapt --data CAMVID --target-data IDD_LITE [--quick] [--seeds 0 1] [--json]
 
+``report --adapt`` without scale flags is the full report (:class:`avminer.evaluation.adaptation.AdaptReportConfig`'s
+defaults, under an hour on two shared cores at one thread); ``--quick`` is the CI scale.
+
 ``run --adapt`` fine-tunes ``--init`` (default: the bundled starter model) on the labeled ``--data``
 frames with the chosen methods (:mod:`avminer.trainer.adapt`), towards the unlabeled ``--target`` frames;
 ``--target-labels`` folders add labeled target frames in their own taxonomy (IDD-lite's 7 groups go
@@ -14,6 +17,7 @@ through the declared mapping). Pseudo-labeled frames are listed in the bundle's 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -36,7 +40,8 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--target-labels", type=Path, action="append", default=[], metavar="DIR",
                      help="labeled target frames in any declared taxonomy (IDD-lite's groups via the mapping)")
     run.add_argument("--synth-mix", metavar="C=R,...",
-                     help="synthetic share per condition, e.g. fog=0.1,dusk=0.3 (default trainer.synth_mix)")
+                     help="synthetic share per condition (fog, dusk, night, rain, appearance, target_style: the "
+                          "style of the --target frames), e.g. fog=0.1,dusk=0.3 (default trainer.synth_mix)")
     run.add_argument("--pseudo-rounds", type=int, help="pseudo-label rounds (default 2)")
     from avminer.cli.catalog import add_catalog_argument
 
@@ -66,6 +71,9 @@ def run_adapt(args: argparse.Namespace) -> int:
         raise ConfigError(f"must be >= 1, got {args.pseudo_rounds}", "--pseudo-rounds")
     t = load_settings(args.config).trainer
     mix = SynthMix.parse(args.synth_mix, "--synth-mix") if args.synth_mix else SynthMix.parse(t.synth_mix, "trainer.synth_mix")
+    if "synth" in methods and mix is not None and mix.ratios.get("target_style") and not args.target:
+        raise ConfigError("synth's mix renders frames in the style of the target frames (target_style); give "
+                          "--target, or a --synth-mix without target_style", "--target")
     bundle = load_bundle(args.init or STARTER)
     if bundle.torch_path is None:
         raise ConfigError(f"{bundle.path}: no model.pt to fine-tune", "--init")
@@ -141,10 +149,11 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", metavar="S", help="with --adapt: seeds (default 0 1; quick: 0)")
     parser.add_argument("--rounds", type=int, help="with --adapt: pseudo-label rounds (default 2; quick: 1)")
     parser.add_argument("--max-source-frames", type=int, metavar="N",
-                        help="with --adapt: source frames per training stage (default all; quick: 24)")
+                        help="with --adapt: source frames per training stage (default 120; quick: 24)")
     parser.add_argument("--thin", metavar="ROLE=N,...",
                         help="with --adapt: keep every N-th frame of a role (source, day, dusk, india, india_adapt), "
-                             "e.g. india=3,india_adapt=3 (default none; quick: day=6,dusk=3,india=24,india_adapt=12)")
+                             "e.g. india=3; merged over the default (india_adapt=3; quick: day=6,dusk=3,india=24,"
+                             "india_adapt=12), N=1 keeps every frame")
     parser.add_argument("--validation", action="store_true",
                         help="with --adapt: score on the validation slices (CamVid day sequence 0006R0 held out of "
                              "the source, the last third of the dusk adaptation frames, the IDD-lite validation "
@@ -155,6 +164,9 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source-share", type=float, metavar="S",
                         help="with --adapt: least share of labeled frames in every self-training epoch (default 0.5; "
                              "0: every pseudo-labeled frame)")
+    parser.add_argument("--synth-mix", metavar="C=R,...",
+                        help="with --adapt: synthetic share per condition in the synth rows, e.g. "
+                             "fog=0.1,dusk=0.3,appearance=0.2 (default: the adaptation's default mix)")
 
 
 def _thin(text: str) -> dict[str, int]:
@@ -178,6 +190,7 @@ def _thin(text: str) -> dict[str, int]:
 def run_report(args: argparse.Namespace) -> int:
     """``avminer train report --adapt``."""
     from avminer.evaluation.adaptation import AdaptReportConfig, run_adapt_report
+    from avminer.trainer.synth import SynthMix
 
     if not args.target_data:
         raise ConfigError("the adaptation report needs the India frames (IDD-lite folder)", "--target-data")
@@ -190,13 +203,16 @@ def run_report(args: argparse.Namespace) -> int:
         overrides["seeds"] = tuple(args.seeds)
     if args.source_share is not None:
         overrides["source_share"] = args.source_share
+    if args.synth_mix:
+        mix = SynthMix.parse(args.synth_mix, "--synth-mix")
+        overrides["synth_mix"] = mix.as_dict() if mix else {}
     overrides["validation"] = args.validation
-    if args.thin:
-        overrides["thin"] = _thin(args.thin)
     if args.methods:
         overrides["rows"] = tuple(args.methods)
     paths = (Path(args.data), Path(args.target_data), Path(args.model) if args.model else STARTER)
     cfg = AdaptReportConfig.quick(*paths, **overrides) if args.quick else AdaptReportConfig(*paths, **overrides)
+    if args.thin:
+        cfg = dataclasses.replace(cfg, thin={**cfg.thin, **_thin(args.thin)})
     t0 = time.perf_counter()
     report = run_adapt_report(cfg)
     if args.json:

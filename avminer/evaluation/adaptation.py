@@ -145,6 +145,11 @@ def adaptation_splits(camvid: Path, idd: Path, size: tuple[int, int], *, thin: d
 class AdaptReportConfig:
     """Scale of the report.
 
+    The defaults are the full report, sized to finish within an hour on a shared two-core machine (one
+    thread): every row, two seeds, 2 epochs of the labeled/synthetic stage and 2 pseudo-label rounds,
+    120 of the source frames per training stage, every 3rd frame of the India adaptation sequences as
+    unlabeled target; every evaluation frame is scored. :meth:`quick` is the CI scale.
+
     Attributes:
         camvid: CamVid-layout folder (day + dusk).
         idd: IDD-lite folder (7 groups).
@@ -154,14 +159,16 @@ class AdaptReportConfig:
         epochs: fine-tuning epochs of the labeled/synthetic stage.
         rounds: pseudo-label rounds.
         lr: fine-tuning learning rate.
-        max_source_frames: source frames per training stage (seeded subset).
-        thin: every n-th frame per role (see :func:`adaptation_splits`).
+        max_source_frames: source frames per training stage (seeded subset; None: all).
+        thin: every n-th frame per role (see :func:`adaptation_splits`); a role not named keeps every frame.
         label_budget: target frames labeled in ``labels50+pseudo``.
         threads: torch threads.
         validation: score on the validation slices (see the module docstring), never the evaluation ones.
         source_share: least share of labeled frames in every self-training epoch (``PseudoConfig``).
         interpolate: in ``+wise`` rows, the weight of the fine-tuned weights against the starting ones
             (``AdaptConfig.interpolate``); other rows return the fine-tuned weights.
+        synth_mix: synthetic share per condition in ``synth`` rows (:class:`avminer.trainer.synth.SynthMix`);
+            empty: :data:`avminer.trainer.adapt.DEFAULT_SYNTH_MIX`.
     """
 
     camvid: Path
@@ -172,21 +179,25 @@ class AdaptReportConfig:
     epochs: int = 2
     rounds: int = 2
     lr: float = 5e-4
-    max_source_frames: int | None = None
-    thin: dict[str, int] = field(default_factory=dict)
+    max_source_frames: int | None = 120
+    thin: dict[str, int] = field(default_factory=lambda: {"india_adapt": 3})
     label_budget: int = 50
     threads: int = 1
     progress: bool = False
     validation: bool = False
     source_share: float = 0.5
     interpolate: float = 0.5
+    synth_mix: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from avminer.trainer.synth import SynthMix
+
         unknown = [r for r in self.rows if r not in ROWS]
         if unknown:
             raise ConfigError(f"unknown report row(s) {unknown}; known: {list(ROWS)}", "--methods")
         if not self.seeds:
             raise ConfigError("at least one seed", "--seeds")
+        SynthMix.parse(self.synth_mix, "--synth-mix")
 
     @classmethod
     def quick(cls, camvid: Path, idd: Path, bundle: Path, **overrides: Any) -> AdaptReportConfig:
@@ -298,7 +309,7 @@ def run_adapt_report(cfg: AdaptReportConfig) -> AdaptReport:
             wise = row.endswith("+wise")
             methods = {"labels50+pseudo": ("pseudo",), "labels_all": ()}.get(row, tuple(row.removesuffix("+wise").split("+")))
             train = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, seed=seed, threads=cfg.threads, eval_every=10_000,
-                                progress=cfg.progress, coarse_taxonomy=IDD_LEVEL1.name)
+                                progress=cfg.progress, coarse_taxonomy=IDD_LEVEL1.name, synth_mix=dict(cfg.synth_mix))
             acfg = AdaptConfig(methods, train=train, pseudo=PseudoConfig(rounds=cfg.rounds, source_share=cfg.source_share),
                                max_source_frames=cfg.max_source_frames, interpolate=cfg.interpolate if wise else 1.0)
             target, labeled = splits.target, None

@@ -1,4 +1,4 @@
-"""Synthetic conditions on labeled frames: fog, dusk, night and rain, labels carried over unchanged.
+"""Synthetic conditions on labeled frames (fog, dusk, night, rain, appearance, target style), labels unchanged.
 
 A fleet's model trained on clear day frames halves its mIoU at dusk; the cheapest labels for a new
 condition are the ones we already have, re-rendered. Each training frame is, with the probability its
@@ -14,7 +14,20 @@ condition has in the mix (:class:`SynthMix`), replaced by a synthetic version of
 - **night**: :func:`avminer.datasets.conditions.apply_night` (dim linear scene, shot/read noise, gain) with
   glare added the same way, stronger;
 - **rain** (optional): slanted bright streaks blurred along their direction, over a light veil of fog
-  and a small exposure drop.
+  and a small exposure drop;
+- **appearance**: domain randomization (Tobin et al., "Domain Randomization for Transferring Deep Neural
+  Networks from Simulation to the Real World", IROS 2017; for segmentation across cities, Yue et al.,
+  "Domain Randomization and Pyramid Consistency", ICCV 2019) of what a new geography changes besides the
+  light: another camera's white balance and tone curve, the scene's palette (hue, saturation, contrast of
+  paint, soil, vegetation, haze), the lens' sharpness and the sensor's noise. Each frame draws every
+  factor at random within :data:`APPEARANCE_BOUNDS` (:class:`Appearance`), so the model cannot lean on
+  the source cameras' colours, only on shapes and layout;
+- **target_style**: Fourier domain adaptation (Yang and Soatto, "FDA: Fourier Domain Adaptation for
+  Semantic Segmentation", CVPR 2020): the lowest spatial frequencies of the frame's amplitude spectrum
+  (global colour, illumination, haze, coarse texture statistics) are replaced by those of a random
+  *unlabeled target* frame, the phase (where the edges and objects are) kept. It needs target frames
+  (``styles`` of :func:`synthesize_batch`); the window's half-size is drawn in :data:`STYLE_BETA`, as a
+  share of the shorter image side.
 
 Everything is numpy on uint8 ``[H, W, 3]`` frames and deterministic given the generator. The colour
 temperature gains follow the usual black-body approximation (Tanner Helland's fit of the Planckian
@@ -26,13 +39,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from avminer.errors import ConfigError
 
-CONDITIONS = ("fog", "dusk", "night", "rain")
+CONDITIONS = ("fog", "dusk", "night", "rain", "appearance", "target_style")
 """Synthetic conditions, in the order the mixing draw walks them."""
 
 
@@ -208,9 +222,142 @@ def apply_rain(image: NDArray[np.uint8], rng: np.random.Generator) -> NDArray[np
     return _to_srgb(linear)
 
 
+# -- appearance randomization ---------------------------------------------------------------------------
+
+APPEARANCE_BOUNDS: dict[str, tuple[float, float]] = {
+    "channel_gain": (0.75, 1.33),  # per channel, log-uniform: white balance / exposure of another camera
+    "gamma": (0.7, 1.43),  # log-uniform exponent of the tone curve on [0, 1] values
+    "contrast": (0.6, 1.4),  # deviations from the frame's mean luma scaled by this
+    "saturation": (0.4, 1.6),  # chroma scaled by this (0: grey)
+    "hue_deg": (-20.0, 20.0),  # chroma rotated by this angle (degrees)
+    "blur_sigma": (0.0, 1.5),  # Gaussian blur (pixels); zero in half the draws
+    "noise_std": (0.0, 0.04),  # Gaussian noise, share of full scale
+}
+"""Range of every appearance factor (:class:`Appearance`): wide enough to cover a camera and country change,
+narrow enough that a person still reads the scene (a road stays darker than the sky it lies under)."""
+
+# RGB -> YIQ (NTSC): luma plus two chroma axes; a hue change is a rotation in the (I, Q) plane.
+_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
+_YIQ_INV = np.linalg.inv(_YIQ).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """One draw of the appearance randomization (each factor within :data:`APPEARANCE_BOUNDS`).
+
+    Attributes:
+        channel_gain: RGB gains on [0, 1] values.
+        gamma: tone-curve exponent (``v ** gamma``).
+        contrast: scale of deviations from the mean luma.
+        saturation: scale of the chroma.
+        hue_deg: rotation of the chroma (degrees).
+        blur_sigma: Gaussian blur sigma in pixels (0: none).
+        noise_std: standard deviation of added Gaussian noise (share of full scale).
+    """
+
+    channel_gain: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    gamma: float = 1.0
+    contrast: float = 1.0
+    saturation: float = 1.0
+    hue_deg: float = 0.0
+    blur_sigma: float = 0.0
+    noise_std: float = 0.0
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> Appearance:
+        """Every factor drawn independently within :data:`APPEARANCE_BOUNDS` (multiplicative ones log-uniformly)."""
+        b = APPEARANCE_BOUNDS
+
+        def log_uniform(name: str, size: int | None = None) -> Any:
+            low, high = b[name]
+            return np.exp(rng.uniform(math.log(low), math.log(high), size))
+
+        gains = log_uniform("channel_gain", 3)
+        blur = float(rng.uniform(*b["blur_sigma"])) if rng.random() < 0.5 else 0.0
+        return cls(channel_gain=(float(gains[0]), float(gains[1]), float(gains[2])), gamma=float(log_uniform("gamma")),
+                   contrast=float(rng.uniform(*b["contrast"])), saturation=float(rng.uniform(*b["saturation"])),
+                   hue_deg=float(rng.uniform(*b["hue_deg"])), blur_sigma=blur, noise_std=float(rng.uniform(*b["noise_std"])))
+
+
+def _gaussian_blur(values: NDArray[np.float32], sigma: float) -> NDArray[np.float32]:
+    """Separable Gaussian blur of [H, W, C] values, edges replicated."""
+    radius = max(1, int(math.ceil(3 * sigma)))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2).astype(np.float32)
+    taps /= taps.sum()
+    out = values
+    for axis in (0, 1):
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (radius, radius)
+        padded = np.pad(out, pad, mode="edge")
+        n = out.shape[axis]
+        acc = np.zeros_like(out)
+        for i, t in enumerate(taps):
+            acc += t * np.take(padded, np.arange(i, i + n), axis=axis)
+        out = acc
+    return out
+
+
+def apply_appearance(image: NDArray[np.uint8], look: Appearance, rng: np.random.Generator) -> NDArray[np.uint8]:
+    """``image`` seen through ``look``: gains, tone curve, contrast, saturation and hue, blur, then noise.
+
+    The steps run in the order a camera and a scene would apply them: the illuminant and white balance
+    scale the channels, the tone curve maps them, the palette (contrast around the mean luma, chroma scale
+    and rotation in YIQ, which leave the luma alone) changes what is painted, then the lens blurs and the
+    sensor adds noise. ``rng`` draws only the noise.
+    """
+    v = image.astype(np.float32) / 255.0
+    v = np.clip(v * np.asarray(look.channel_gain, np.float32)[None, None, :], 0.0, 1.0) ** np.float32(look.gamma)
+    yiq = v @ _YIQ.T  # [H, W, 3]: luma, I, Q
+    luma = yiq[..., 0]
+    yiq[..., 0] = luma.mean() + look.contrast * (luma - luma.mean())
+    angle = math.radians(look.hue_deg)
+    cos, sin = math.cos(angle) * look.saturation, math.sin(angle) * look.saturation
+    i, q = yiq[..., 1].copy(), yiq[..., 2].copy()
+    yiq[..., 1], yiq[..., 2] = cos * i - sin * q, sin * i + cos * q
+    v = yiq @ _YIQ_INV.T
+    if look.blur_sigma > 0:
+        v = _gaussian_blur(v, look.blur_sigma)
+    if look.noise_std > 0:
+        v = v + rng.standard_normal(v.shape, dtype=np.float32) * np.float32(look.noise_std)
+    out: NDArray[np.uint8] = (np.clip(v, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return out
+
+
+# -- target style (FDA) ----------------------------------------------------------------------------------
+
+STYLE_BETA = (0.01, 0.05)
+"""Half-size of the swapped low-frequency window, as a share of the shorter image side: the lower part of FDA's
+0.01-0.09; at 144x192 a window of 0.09 (13 frequencies) already paints blotches over the frame."""
+
+
+def apply_target_style(image: NDArray[np.uint8], style: NDArray[np.uint8], beta: float) -> NDArray[np.uint8]:
+    """``image`` with the low-frequency amplitude spectrum of ``style`` (same shape), its own phase kept.
+
+    Args:
+        image: uint8 [H, W, 3] labeled frame.
+        style: uint8 [H, W, 3] unlabeled target frame.
+        beta: half-size of the centred square window of frequencies taken from ``style``, as a share of
+            ``min(H, W)`` (at least one frequency either side of zero).
+    """
+    if style.shape != image.shape:
+        raise ConfigError(f"style frame {style.shape} must match the image {image.shape}", "styles")
+    h, w = image.shape[:2]
+    spectrum = np.fft.fft2(image.astype(np.float32), axes=(0, 1))  # [H, W, 3] complex
+    style_amp = np.abs(np.fft.fft2(style.astype(np.float32), axes=(0, 1)))
+    amp, phase = np.abs(spectrum), np.angle(spectrum)
+    b = max(1, int(math.floor(min(h, w) * beta)))
+    # Low frequencies sit at the corners of an unshifted spectrum: rows/columns 0..b and -b..-1.
+    rows = np.r_[0 : b + 1, h - b : h]
+    cols = np.r_[0 : b + 1, w - b : w]
+    amp[np.ix_(rows, cols)] = style_amp[np.ix_(rows, cols)]
+    out = np.real(np.fft.ifft2(amp * np.exp(1j * phase), axes=(0, 1)))
+    result: NDArray[np.uint8] = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    return result
+
+
 def render(
     image: NDArray[np.uint8], condition: str, rng: np.random.Generator, *, label: NDArray[np.uint8] | None = None,
-    fog_beta: tuple[float, float] = (0.005, 0.03),
+    fog_beta: tuple[float, float] = (0.005, 0.03), styles: NDArray[np.uint8] | None = None,
 ) -> NDArray[np.uint8]:
     """``image`` rendered in ``condition`` (``clear`` returns it unchanged).
 
@@ -220,6 +367,10 @@ def render(
         rng: generator.
         label: CamVid class ids [H, W] refining the fog depth, or None.
         fog_beta: fog density range (1/m), drawn log-uniformly.
+        styles: uint8 [N, H, W, 3] unlabeled target frames (``target_style`` draws one).
+
+    Raises:
+        ConfigError: an unknown condition, or ``target_style`` without ``styles``.
     """
     from avminer.datasets.conditions import apply_fog
 
@@ -234,12 +385,19 @@ def render(
         return apply_synthetic_night(image, rng)
     if condition == "rain":
         return apply_rain(image, rng)
+    if condition == "appearance":
+        return apply_appearance(image, Appearance.draw(rng), rng)
+    if condition == "target_style":
+        if styles is None or not len(styles):
+            raise ConfigError("target_style renders labeled frames in the style of unlabeled target frames; "
+                              "none were given (adaptation with --target frames)", "synth_mix.target_style")
+        return apply_target_style(image, styles[int(rng.integers(len(styles)))], float(rng.uniform(*STYLE_BETA)))
     raise ConfigError(f"unknown synthetic condition {condition!r}; known: {list(CONDITIONS)}")
 
 
 def synthesize_batch(
     images: NDArray[np.uint8], labels: NDArray[np.uint8], mix: SynthMix, rng: np.random.Generator,
-    fine_classes: int = 11,
+    fine_classes: int = 11, styles: NDArray[np.uint8] | None = None,
 ) -> tuple[NDArray[np.uint8], list[str]]:
     """Render each frame of a batch in the condition the mix draws for it; labels are not touched.
 
@@ -249,6 +407,7 @@ def synthesize_batch(
         mix: the mixing ratios.
         rng: generator.
         fine_classes: number of fine classes (labels above it are void or coarse).
+        styles: uint8 [N, H, W, 3] unlabeled target frames for ``target_style``.
 
     Returns:
         (new uint8 [B, H, W, 3] images, the condition drawn per frame).
@@ -260,5 +419,5 @@ def synthesize_batch(
             continue
         lab = labels[i]
         fine = bool((lab <= fine_classes).all())  # fine ids or void only: the label is in CamVid ids
-        out[i] = render(images[i], cond, rng, label=lab if fine else None, fog_beta=mix.fog_beta)
+        out[i] = render(images[i], cond, rng, label=lab if fine else None, fog_beta=mix.fog_beta, styles=styles)
     return out, conditions

@@ -295,6 +295,7 @@ def train_ensemble(
     after_step: Callable[[torch.optim.Optimizer], None] | None = None,
     until_epoch: int | None = None,
     should_stop: Callable[[], bool] | None = None,
+    styles: NDArray[np.uint8] | None = None,
 ) -> TrainResult:
     """Train the members jointly; checkpoint after every epoch; resume from ``work_dir`` if it holds one.
 
@@ -315,6 +316,8 @@ def train_ensemble(
             (proximal steps of the compression regularisers, :mod:`avminer.trainer.prune` / ``lowrank``).
         should_stop: asked after every epoch (its checkpoint written); True stops the run there, resumable
             like ``until_epoch`` (a service shutting down).
+        styles: uint8 [N, H, W, 3] unlabeled target frames whose style the ``target_style`` synthetic
+            condition borrows (:mod:`avminer.trainer.synth`); None: that condition is refused.
 
     Returns:
         The trained model, per-epoch history, final per-slice metrics and mean seconds per epoch.
@@ -326,7 +329,7 @@ def train_ensemble(
     ctx = distributed_context(cfg.device)
     device = torch.device(f"cuda:{ctx.local_rank}" if ctx.enabled and cfg.device.startswith("cuda") else cfg.device)
     model.to(device)
-    loop = _Loop(model, train, cfg, ctx, device, after_step)
+    loop = _Loop(model, train, cfg, ctx, device, after_step, styles)
     ckpt_path = Path(work_dir) / CHECKPOINT if work_dir is not None else None
     if resume and ckpt_path is not None and ckpt_path.exists():
         loop.resume_from(ckpt_path)
@@ -373,12 +376,16 @@ class _Loop:
     """The state of one training run (optimiser, schedule, RNGs, history) and its steps, epoch by epoch."""
 
     def __init__(self, model: Ensemble, train: LabeledFrames, cfg: TrainConfig, ctx: DistContext,
-                 device: torch.device, after_step: Callable[[torch.optim.Optimizer], None] | None) -> None:
+                 device: torch.device, after_step: Callable[[torch.optim.Optimizer], None] | None,
+                 styles: NDArray[np.uint8] | None = None) -> None:
         self.model, self.train, self.cfg, self.ctx, self.device = model, train, cfg, ctx, device
-        self.after_step = after_step
+        self.after_step, self.styles = after_step, styles
         self.weights, self.group_weights = _class_weights(train, cfg, model.num_classes, device)
         self.coarse = coarse_mapping(cfg.coarse_taxonomy)
         self.synth = SynthMix.parse(cfg.synth_mix, "synth_mix")
+        if self.synth is not None and self.synth.ratios.get("target_style") and (styles is None or not len(styles)):
+            raise ConfigError("target_style borrows the style of unlabeled target frames; none were given",
+                              "synth_mix.target_style")
         self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sampler: Any = None
         if ctx.enabled:
@@ -432,7 +439,8 @@ class _Loop:
     def load_batch(self, index: NDArray[np.int64], synth_rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """images [B, 3, H, W], labels [B, H, W] on the device: synthetic conditions, then augmentation."""
         if self.synth is not None:
-            rendered, _ = synthesize_batch(self.train.images[index], self.train.labels[index], self.synth, synth_rng)
+            rendered, _ = synthesize_batch(self.train.images[index], self.train.labels[index], self.synth, synth_rng,
+                                           styles=self.styles)
             images = torch.from_numpy(rendered).permute(0, 3, 1, 2).float().contiguous()
             labels = torch.from_numpy(self.train.labels[index]).long()
         else:

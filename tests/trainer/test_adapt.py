@@ -127,6 +127,21 @@ def test_adabn_alone_recovers_a_darker_target(day_model) -> None:
     assert record.labels_used == 0 and record.pseudo_frames == []
 
 
+def test_synth_in_the_target_style_learns_the_darker_target_without_its_labels(day_model) -> None:
+    """``target_style`` renders the labeled source frames in the style of the unlabeled target frames."""
+    torch.set_num_threads(1)
+    target_eval = _darker(make_frames(6, seed=2))
+    before = evaluate(day_model, target_eval)["all"].miou
+    cfg = AdaptConfig(("synth",), train=TrainConfig(epochs=3, batch_size=4, lr=2e-3, beta=0.0, eval_every=1000,
+                                                     progress=False, synth_mix={"target_style": 1.0}))
+    model, record = adapt(copy.deepcopy(day_model), make_frames(12, seed=1), _darker(make_frames(8, seed=4)), cfg)
+    after = evaluate(model, target_eval)["all"].miou
+    assert after > before + 0.05, (before, after)
+    assert record.labels_used == 12 and record.pseudo_frames == []
+    with pytest.raises(ConfigError, match="synth_mix.target_style"):  # no target frames to take the style of
+        adapt(copy.deepcopy(day_model), make_frames(12, seed=1), make_frames(0, seed=4), cfg)
+
+
 def test_composed_adaptation_records_pseudo_frames_and_provenance(day_model, tmp_path: Path) -> None:
     source = make_frames(12, seed=1)
     target = _darker(make_frames(8, seed=4))

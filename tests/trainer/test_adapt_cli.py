@@ -89,6 +89,8 @@ def test_train_run_adapt_refuses_missing_target(folders, tmp_path: Path, capsys:
     cv, _ = folders
     assert main(["train", "run", "--adapt", "pseudo", "--data", str(cv), "--out", str(tmp_path / "b")]) == 2
     assert "--target: adabn and pseudo need unlabeled target frames" in capsys.readouterr().err
+    assert main(["train", "run", "--adapt", "synth", "--data", str(cv), "--out", str(tmp_path / "b")]) == 2
+    assert "--target: synth's mix renders frames in the style of the target frames" in capsys.readouterr().err
     assert main(["train", "run", "--adapt", "synth,dream", "--data", str(cv), "--out", str(tmp_path / "b")]) == 2
     assert "unknown adaptation method(s) ['dream']" in capsys.readouterr().err
 
@@ -100,7 +102,9 @@ def test_train_report_adapt_table_on_tiny_folders(folders, capsys: pytest.Captur
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["splits"]["dusk_adapt"] == 2 and out["splits"]["eval:cambridge_uk/dusk"] == 2
-    assert out["splits"]["india_adapt"] == 2 and out["splits"]["eval:india/day"] == 2
+    # The full report's default thins the India adaptation frames to every 3rd (2 -> 1); evaluation keeps all.
+    assert out["splits"]["india_adapt"] == 1 and out["splits"]["eval:india/day"] == 2
+    assert out["config"]["max_source_frames"] == 120 and out["config"]["thin"] == {"india_adapt": 3}
     summary = {e["method"]: e for e in out["summary"]}
     assert summary["adabn"]["seeds"] == [0, 1] and summary["baseline"]["seeds"] == [None]
     for cond in ("cambridge_uk/day", "cambridge_uk/dusk", "india/day"):
@@ -167,3 +171,31 @@ def test_train_report_adapt_validation_mode(folders, capsys: pytest.CaptureFixtu
     assert main(["train", "report", "--adapt", "--validation", "--data", str(cv), "--target-data", str(idd),
                  "--methods", "baseline", "--threads", "1"]) == 2  # one day sequence: nothing to hold out
     assert "validation mode holds out day sequence" in capsys.readouterr().err
+
+
+def test_train_report_adapt_takes_a_synthetic_mix_with_appearance(folders, capsys: pytest.CaptureFixture[str]) -> None:
+    cv, idd = folders
+    rc = main(["train", "report", "--adapt", "--data", str(cv), "--target-data", str(idd), "--methods", "synth",
+               "--synth-mix", "dusk=0.3,appearance=0.3", "--thin", "day=2", "--seeds", "0", "--epochs", "1",
+               "--threads", "1", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["config"]["synth_mix"] == {"dusk": 0.3, "appearance": 0.3}
+    assert out["config"]["thin"] == {"india_adapt": 3, "day": 2}  # --thin is merged over the default
+    assert out["splits"]["eval:cambridge_uk/day"] == 1
+    assert [e["method"] for e in out["summary"]] == ["synth"]
+    assert main(["train", "report", "--adapt", "--data", str(cv), "--target-data", str(idd), "--methods", "synth",
+                 "--synth-mix", "appearance=0.3,snow=0.1", "--threads", "1"]) == 2
+    assert "--synth-mix.snow: unknown synthetic condition" in capsys.readouterr().err
+
+
+def test_train_run_adapt_synth_with_appearance_records_the_mix(folders, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    cv, _ = folders
+    rc = main(["train", "run", "--adapt", "synth", "--data", str(cv), "--day-only", "--synth-mix",
+               "appearance=0.5,dusk=0.2", "--epochs", "1", "--threads", "1", "--no-progress",
+               "--out", str(tmp_path / "bundle"), "--json"])
+    assert rc == 0
+    assert json.loads(capsys.readouterr().out)["adaptation"]["methods"] == ["synth"]
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert manifest["trained_on"]["config"]["synth_mix"] == {"dusk": 0.2, "appearance": 0.5}

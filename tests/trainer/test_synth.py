@@ -6,7 +6,18 @@ import numpy as np
 import pytest
 
 from avminer.errors import ConfigError
-from avminer.trainer.synth import CONDITIONS, SynthMix, render, synthesize_batch, temperature_gains
+from avminer.models import build_ensemble, erfnet_arch
+from avminer.trainer.synth import (
+    APPEARANCE_BOUNDS,
+    CONDITIONS,
+    Appearance,
+    SynthMix,
+    apply_appearance,
+    apply_target_style,
+    render,
+    synthesize_batch,
+    temperature_gains,
+)
 from avminer.trainer.train import TrainConfig, train_ensemble
 from tests.trainer.conftest import make_frames
 
@@ -43,8 +54,9 @@ def test_mix_parses_and_names_the_bad_field() -> None:
 @pytest.mark.parametrize("condition", CONDITIONS)
 def test_each_condition_changes_pixels_deterministically(condition: str) -> None:
     img, lab = _scene()
-    a = render(img, condition, np.random.default_rng(7), label=lab)
-    b = render(img, condition, np.random.default_rng(7), label=lab)
+    styles = np.stack([255 - img, np.clip(img * 0.5 + 60, 0, 255).astype(np.uint8)])  # target frames (target_style)
+    a = render(img, condition, np.random.default_rng(7), label=lab, styles=styles)
+    b = render(img, condition, np.random.default_rng(7), label=lab, styles=styles)
     assert a.dtype == np.uint8 and a.shape == img.shape
     np.testing.assert_array_equal(a, b)
     assert np.abs(a.astype(int) - img.astype(int)).mean() > 3
@@ -72,10 +84,92 @@ def test_temperature_gains_warm_is_red_cool_is_blue() -> None:
 
 
 def test_training_with_a_synthetic_mix_runs_and_learns() -> None:
-    from avminer.models import build_ensemble, erfnet_arch
-
     frames = make_frames(8)
     cfg = TrainConfig(epochs=3, batch_size=4, lr=1e-2, beta=0.0, progress=False, synth_mix={"dusk": 0.5, "fog": 0.3})
     result = train_ensemble(build_ensemble(erfnet_arch(width=0.25, num_classes=11, members=2), seed=0), frames, cfg)
     losses = [h["loss"] for h in result.history]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_appearance_draws_stay_within_the_stated_bounds() -> None:
+    rng = np.random.default_rng(3)
+    looks = [Appearance.draw(rng) for _ in range(500)]
+    for name, (low, high) in APPEARANCE_BOUNDS.items():
+        values = np.array([v for look in looks for v in np.atleast_1d(getattr(look, name))])
+        assert values.min() >= low and values.max() <= high, name
+        assert values.max() - values.min() > 0.5 * (high - low), name  # the draws span the range
+    assert 0.35 < np.mean([look.blur_sigma == 0 for look in looks]) < 0.65  # blur in about half the draws
+
+
+def test_appearance_identity_changes_nothing_and_each_factor_acts_as_named() -> None:
+    img, _ = _scene()
+    rng = np.random.default_rng(0)
+    np.testing.assert_allclose(apply_appearance(img, Appearance(), rng), img, atol=1)
+    grey = apply_appearance(img, Appearance(saturation=0.0), rng).astype(int)
+    assert np.abs(grey[..., 0] - grey[..., 1]).max() <= 1 and np.abs(grey[..., 1] - grey[..., 2]).max() <= 1
+
+    def luma(x: np.ndarray) -> np.ndarray:
+        return x.astype(float) @ np.array([0.299, 0.587, 0.114])
+
+    hued = apply_appearance(img, Appearance(hue_deg=20.0), rng)
+    assert np.abs(hued.astype(int) - img.astype(int)).max() > 3
+    np.testing.assert_allclose(luma(hued), luma(img), atol=2)  # a hue rotation keeps the luma
+    flat = apply_appearance(img, Appearance(contrast=0.6), rng)
+    assert luma(flat).std() < 0.65 * luma(img).std() and abs(luma(flat).mean() - luma(img).mean()) < 2
+    red = apply_appearance(img, Appearance(channel_gain=(1.3, 1.0, 0.8)), rng)
+    assert red[..., 0].mean() > img[..., 0].mean() and red[..., 2].mean() < img[..., 2].mean()
+    blurred = apply_appearance(img, Appearance(blur_sigma=1.5), rng)
+    assert np.abs(np.diff(blurred.astype(int), axis=0)).mean() < np.abs(np.diff(img.astype(int), axis=0)).mean()
+
+
+def test_appearance_brightness_of_mid_grey_stays_within_what_the_bounds_allow() -> None:
+    """Gains and tone curve bound the luma of a mid-grey frame; palette, blur and noise keep its mean."""
+    grey = np.full((32, 48, 3), 128, np.uint8)
+    gain, gamma = APPEARANCE_BOUNDS["channel_gain"], APPEARANCE_BOUNDS["gamma"]
+    low, high = (0.5 * gain[0]) ** gamma[1], (0.5 * gain[1]) ** gamma[0]
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        out = render(grey, "appearance", rng).astype(float) / 255
+        y = (out @ np.array([0.299, 0.587, 0.114])).mean()
+        assert low - 0.02 <= y <= high + 0.02
+
+
+def test_appearance_in_a_mix_keeps_labels_and_is_seeded() -> None:
+    img, lab = _scene()
+    images, labels = np.stack([img] * 8), np.stack([lab] * 8)
+    mix = SynthMix.parse("appearance=0.5,dusk=0.2")
+    assert mix is not None and mix.as_dict() == {"dusk": 0.2, "appearance": 0.5}
+    a, conds = synthesize_batch(images, labels, mix, np.random.default_rng(2))
+    b, _ = synthesize_batch(images, labels, mix, np.random.default_rng(2))
+    c, _ = synthesize_batch(images, labels, mix, np.random.default_rng(3))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert "appearance" in conds
+    np.testing.assert_array_equal(labels, np.stack([lab] * 8))
+
+
+def test_target_style_takes_the_targets_low_frequencies_and_keeps_the_edges() -> None:
+    img, lab = _scene()
+    style = np.clip(img.astype(int) * [0.5, 0.7, 1.2] + 30, 0, 255).astype(np.uint8)  # another palette
+    out = apply_target_style(img, style, beta=0.05).astype(float)
+    # The zero frequency is the mean: the output's colour is the target's.
+    np.testing.assert_allclose(out.mean((0, 1)), style.mean((0, 1)), atol=3)
+    # The phase is the source's: the sky/building/road boundaries stay where the labels say.
+    edges = np.abs(np.diff(out.mean(2), axis=0)).mean(1)  # [H-1] row-to-row change
+    assert set(np.argsort(edges)[-2:]) == {15, 27}
+    np.testing.assert_allclose(apply_target_style(img, img, beta=0.05), img, atol=1)  # its own style: unchanged
+    with pytest.raises(ConfigError, match="styles: style frame"):
+        apply_target_style(img, style[:-1], beta=0.05)
+    with pytest.raises(ConfigError, match="synth_mix.target_style: target_style renders"):
+        render(img, "target_style", np.random.default_rng(0), label=lab)
+    np.testing.assert_array_equal(lab, _scene()[1])
+
+
+def test_training_refuses_target_style_without_target_frames() -> None:
+    frames = make_frames(4)
+    cfg = TrainConfig(epochs=1, batch_size=2, progress=False, synth_mix={"target_style": 0.5})
+    model = build_ensemble(erfnet_arch(width=0.25, num_classes=11, members=1), seed=0)
+    with pytest.raises(ConfigError, match="synth_mix.target_style"):
+        train_ensemble(model, frames, cfg)
+    result = train_ensemble(model, frames, cfg, styles=frames.images[::-1].copy())
+    assert np.isfinite(result.history[-1]["loss"])

@@ -473,27 +473,37 @@ class Catalog:
 
     def upsert_request(self, req: LabelRequest) -> None:
         """Record that a label request was sent: state ``requested`` unless already further."""
+        self.upsert_requests([req])
+
+    def upsert_requests(self, reqs: Sequence[LabelRequest]) -> None:
+        """:meth:`upsert_request` for a batch, in one transaction.
+
+        The writer records a batch's requests right after the request sink confirmed them; one commit
+        instead of one per request keeps the window in which a crash leaves a sent request unrecorded
+        (and so sent again on replay) as short as it can be without a transaction spanning both.
+        """
         t = now_us()
         with self._tx() as cur:
-            self._exec(
-                cur,
-                """
-                INSERT INTO samples (sample_id, frame_id, frame_uri, uncertainty_uri, vehicle, camera,
-                    timestamp_us, slice, scores, reasons, model_version, mined, priority, state,
-                    requested_at_us, updated_at_us)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, 'requested', ?, ?)
-                ON CONFLICT (sample_id) DO UPDATE SET
-                    state = CASE WHEN samples.state = 'mined' THEN 'requested' ELSE samples.state END,
-                    frame_uri = COALESCE(samples.frame_uri, excluded.frame_uri),
-                    uncertainty_uri = COALESCE(samples.uncertainty_uri, excluded.uncertainty_uri),
-                    requested_at_us = COALESCE(samples.requested_at_us, excluded.requested_at_us),
-                    priority = excluded.priority,
-                    updated_at_us = excluded.updated_at_us
-                """,
-                (req.sample_id, req.frame_id, req.frame_uri, req.uncertainty_uri, req.vehicle_id, req.camera_id,
-                 req.timestamp_us, req.slice, json.dumps(req.scores, sort_keys=True), json.dumps(list(req.reasons)),
-                 req.model_version, float(req.priority), req.requested_at_us or t, t),
-            )
+            for req in reqs:
+                self._exec(
+                    cur,
+                    """
+                    INSERT INTO samples (sample_id, frame_id, frame_uri, uncertainty_uri, vehicle, camera,
+                        timestamp_us, slice, scores, reasons, model_version, mined, priority, state,
+                        requested_at_us, updated_at_us)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, 'requested', ?, ?)
+                    ON CONFLICT (sample_id) DO UPDATE SET
+                        state = CASE WHEN samples.state = 'mined' THEN 'requested' ELSE samples.state END,
+                        frame_uri = COALESCE(samples.frame_uri, excluded.frame_uri),
+                        uncertainty_uri = COALESCE(samples.uncertainty_uri, excluded.uncertainty_uri),
+                        requested_at_us = COALESCE(samples.requested_at_us, excluded.requested_at_us),
+                        priority = excluded.priority,
+                        updated_at_us = excluded.updated_at_us
+                    """,
+                    (req.sample_id, req.frame_id, req.frame_uri, req.uncertainty_uri, req.vehicle_id, req.camera_id,
+                     req.timestamp_us, req.slice, json.dumps(req.scores, sort_keys=True), json.dumps(list(req.reasons)),
+                     req.model_version, float(req.priority), req.requested_at_us or t, t),
+                )
 
     def requested_ids(self, sample_ids: Sequence[str]) -> set[str]:
         """The subset of ``sample_ids`` whose label request was already sent (state past mined)."""

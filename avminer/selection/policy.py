@@ -154,8 +154,8 @@ def unpack_sketches(data: bytes) -> dict[str, QuantileSketch]:
 
 
 NOVELTY_MIN_SEEN = 16
-"""Distinct frames a slice's memory must hold (of the current model) before a frame's novelty is measured;
-until then it is 0, as for a frame without an embedding (the first frames after a release all scored 1.0,
+"""Distinct frames a slice's memory must hold (of the current model; all of a smaller ``memory_size``) before
+a frame's novelty is measured; until then it is 0, as for a frame without an embedding (the first frames after a release all scored 1.0,
 the slice's rarest value, and were mined for novelty alone)."""
 CENTER_HORIZON = 512
 """Frames a slice's embedding centre averages over (an exponential moving average after that)."""
@@ -413,7 +413,7 @@ class SelectionPolicy:
                 return Verdict(False, [], 0.0, "duplicate", st.threshold, {"novelty": 1.0 - max(sim, 0.0)})
             # Against a few frames (a new slice, or memories just cleared for a new model) and a centre
             # averaged over them, every frame looks new: unmeasured, like a frame without an embedding.
-            novelty = 1.0 - max(sim, 0.0) if len(st.seen) >= NOVELTY_MIN_SEEN else 0.0
+            novelty = 1.0 - max(sim, 0.0) if len(st.seen) >= min(NOVELTY_MIN_SEEN, st.seen.capacity) else 0.0
             st.seen.add(unit)
             st.seen_raw.add(raw)
 

@@ -88,8 +88,8 @@ class SampleCatalog(Protocol):
         """The subset of ``sample_ids`` whose label request was already sent."""
         ...
 
-    def upsert_request(self, req: LabelRequest) -> None:
-        """Record that the request was sent (state ``requested`` unless already further)."""
+    def upsert_requests(self, reqs: Sequence[LabelRequest]) -> None:
+        """Record that these requests were sent (state ``requested`` unless already further), in one commit."""
         ...
 
 
@@ -231,8 +231,9 @@ class MinedSampleWriter:
             self.requests.flush()
             report.requests_sent = len(pending)
             if self.catalog is not None:
-                for req in pending:
-                    self.catalog.upsert_request(req)
+                # One commit right after the flush: a crash between the two is the only way a request is
+                # sent twice (replayed and mined again before the catalog knew), never lost.
+                self.catalog.upsert_requests(pending)
         if self.decisions is not None and samples:
             for s in samples:
                 self.decisions.send(s.decision)

@@ -141,3 +141,19 @@ def test_parse_time_and_slice_patterns() -> None:
 def test_bad_urls_are_refused(tmp_path: object) -> None:
     with pytest.raises(CatalogError, match="unsupported catalog URL"):
         open_catalog("mysql://x/y")
+
+
+def test_a_batch_of_requests_is_recorded_in_one_call(catalog: Catalog) -> None:
+    """The writer records a batch's requests together right after sending them (one commit)."""
+    samples = [f.sample(i, with_maps=False) for i in range(3)]
+    for s in samples:
+        catalog.upsert_decision(s.decision, frame_uri=f"s3://b/{s.sample_id}.jpg", width=f.W, height=f.H)
+    ids = [s.sample_id for s in samples]
+    catalog.upsert_requests([])
+    assert catalog.requested_ids(ids) == set()
+    catalog.upsert_requests([label_request_for(s, f"s3://b/{s.sample_id}.jpg", None) for s in samples[:2]])
+    assert catalog.requested_ids(ids) == set(ids[:2])
+    catalog.mark_labeled(ids[0], "s3://b/mask.png", "oracle")
+    catalog.upsert_requests([label_request_for(samples[0], "s3://b/x.jpg", None)])  # a replay: no step back
+    row = catalog.get_sample(ids[0])
+    assert row is not None and row.state == "labeled"

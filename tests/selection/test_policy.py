@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -319,3 +321,5 @@ def test_first_frames_after_a_release_are_not_mined_for_novelty() -> None:
     assert all(v.scores["novelty"] == 0.0 for v in verdicts[:16])
     assert all(v.scores["novelty"] > 0.0 for v in verdicts[16:] if v.rejected != "duplicate")
     assert not any("novelty" in v.reasons for v in verdicts[:16])  # before: the first one was, at novelty 1.0
+    small = SelectionPolicy(replace(settings, memory_size=8), clock=FakeClock())  # a memory smaller than 16
+    assert any(v.scores["novelty"] > 0.0 for v in small.select(old[:40]))

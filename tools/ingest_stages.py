@@ -40,7 +40,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -202,46 +201,18 @@ def stages(raw: bytes, rounds: int, keep: bool) -> dict[str, Any]:
 
 
 def end_to_end(bootstrap: str, messages: int, client: str, keep: bool) -> dict[str, Any]:
-    """One client reading every message once in this process: CPU (user, system) and page faults a message."""
-    if keep:
-        from avminer.sources.kafka_memory import keep_fetch_memory
+    """One client reading every message once in a fresh process, through the ingest bench's own worker
+    (:func:`avminer.evaluation.ingest.worker`): rate, CPU (user, system) and page faults a message."""
+    from avminer.evaluation.ingest import _run_worker
 
-        keep_fetch_memory()
-    consumer: Any
-    if client == "confluent-kafka":
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"stages-{uuid.uuid4().hex[:8]}",
-                             "enable.auto.commit": False, "check.crcs": True})
-        consumer.assign([TopicPartition(TOPIC, 0, OFFSET_BEGINNING)])
-
-        def read() -> int:  # as the bench reads: wait for one message, then take what is queued
-            first = consumer.poll(1.0)
-            if first is None:
-                return 0
-            return sum(1 for m in [first, *consumer.consume(num_messages=499, timeout=0)] if not m.error())
-    else:
-        from kafka import KafkaConsumer
-        from kafka import TopicPartition as KafkaTopicPartition
-
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                 auto_offset_reset="earliest", check_crcs=True)
-        consumer.assign([KafkaTopicPartition(TOPIC, 0)])
-
-        def read() -> int:
-            return sum(len(records) for records in consumer.poll(timeout_ms=1000, max_records=500).values())
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    started = time.perf_counter()
-    n = 0
-    while n < messages:
-        n += read()
-    seconds = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    consumer.close()
-    return {"client": client, "malloc": "kept" if keep else "defaults", "msgs_per_s": round(n / seconds, 1),
-            "user_us_per_msg": round(1e6 * (after.ru_utime - before.ru_utime) / n, 1),
-            "sys_us_per_msg": round(1e6 * (after.ru_stime - before.ru_stime) / n, 1),
-            "faults_per_msg": round((after.ru_minflt - before.ru_minflt) / n, 1)}
+    spec = {"bootstrap": bootstrap, "topic": TOPIC, "partitions": 1, "messages": messages, "client": client,
+            "decode": False, "keep_memory": keep, "bulk_recv": False, "block": [], "config": {}}
+    result = _run_worker(spec, timeout_s=600)
+    n = result["messages"]
+    return {"client": client, "malloc": "kept" if keep else "defaults", "msgs_per_s": round(n / result["seconds"], 1),
+            "user_us_per_msg": round(1e6 * result["user_s"] / n, 1),
+            "sys_us_per_msg": round(1e6 * result["sys_s"] / n, 1),
+            "faults_per_msg": round(result["minflt"] / n, 1)}
 
 
 def _child(args: list[str], payload: bytes | None = None) -> Any:
@@ -272,7 +243,7 @@ def main() -> int:
                 print(f"  {stage:60s} {figures['cpu_us_per_msg']:7.1f} us/msg {figures['faults_per_msg']:6.1f} faults/msg")
         print(f"\nend to end, {args.messages} messages, one process each:")
         for client, keep in (("kafka-python", False), ("kafka-python", True), ("confluent-kafka", False)):
-            row = _child(["end-to-end", broker.bootstrap, str(args.messages), client, str(int(keep))])
+            row = end_to_end(broker.bootstrap, args.messages, client, keep)
             print(f"  {row['client']:16s} malloc {row['malloc']:8s} {row['msgs_per_s']:8.0f} msgs/s  CPU user "
                   f"{row['user_us_per_msg']:6.1f} + sys {row['sys_us_per_msg']:6.1f} us/msg  "
                   f"{row['faults_per_msg']:5.1f} faults/msg")
@@ -282,7 +253,5 @@ def main() -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "stages":
         print(json.dumps(stages(sys.stdin.buffer.read(), int(sys.argv[2]), bool(int(sys.argv[3])))))
-    elif len(sys.argv) > 1 and sys.argv[1] == "end-to-end":
-        print(json.dumps(end_to_end(sys.argv[2], int(sys.argv[3]), sys.argv[4], bool(int(sys.argv[5])))))
     else:
         sys.exit(main())

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -218,7 +219,7 @@ def _consume_kafka_python(spec: dict[str, Any]) -> dict[str, Any]:
         seen: set[tuple[int, int]] = set()
         first_at = 0.0
         started = last = time.perf_counter()
-        cpu_started = time.process_time()
+        usage = _Usage()
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
         while n < spec["messages"] and time.perf_counter() - last < IDLE_TIMEOUT_S:
@@ -237,7 +238,7 @@ def _consume_kafka_python(spec: dict[str, Any]) -> dict[str, Any]:
                 "recv_path": _recv_path(consumer), "malloc": malloc, "checks_crcs": bool(consumer.config["check_crcs"]), "high_watermark": high_watermark,
                 "config": {key: consumer.config[key] for key in spec.get("config", {})},
                 **_counts(n, len(seen), size, started, first_at, last, decode),
-                "cpu_s": time.process_time() - cpu_started}
+                **usage.since()}
     finally:
         consumer.close()
 
@@ -269,7 +270,7 @@ def _consume_confluent(spec: dict[str, Any]) -> dict[str, Any]:
         seen: set[tuple[int | None, int | None]] = set()
         first_at = 0.0
         started = last = time.perf_counter()
-        cpu_started = time.process_time()
+        usage = _Usage()
         consumer.assign([TopicPartition(spec["topic"], p, OFFSET_BEGINNING) for p in range(spec["partitions"])])
         while n < spec["messages"] and time.perf_counter() - last < IDLE_TIMEOUT_S:
             # Wait for one message, then drain what is queued: consume(500, timeout) would wait to fill
@@ -291,7 +292,7 @@ def _consume_confluent(spec: dict[str, Any]) -> dict[str, Any]:
         return {"version": f"{confluent_kafka.version()[0]} (librdkafka {confluent_kafka.libversion()[0]})",
                 "crc32c_impl": "librdkafka (native)", "crc32c_native": True, "checks_crcs": True,
                 "high_watermark": high_watermark, **_counts(n, len(seen), size, started, first_at, last, decode),
-                "cpu_s": time.process_time() - cpu_started}
+                **usage.since()}
     finally:
         consumer.close()
 
@@ -314,6 +315,19 @@ class _Decoder:
             self.seconds += time.perf_counter() - started
 
 
+class _Usage:
+    """The process's CPU and minor page faults from construction on (what a consumer loop cost)."""
+
+    def __init__(self) -> None:
+        self._cpu, self._start = time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
+
+    def since(self) -> dict[str, float]:
+        """``cpu_s`` (user + system), ``user_s``, ``sys_s`` and ``minflt`` spent since construction."""
+        now = resource.getrusage(resource.RUSAGE_SELF)
+        return {"cpu_s": time.process_time() - self._cpu, "user_s": now.ru_utime - self._start.ru_utime,
+                "sys_s": now.ru_stime - self._start.ru_stime, "minflt": now.ru_minflt - self._start.ru_minflt}
+
+
 def _counts(n: int, distinct: int, size: int, started: float, first_at: float, last: float,
             decode: _Decoder) -> dict[str, Any]:
     return {"messages": n, "distinct": distinct, "bytes": size, "seconds": last - started,
@@ -324,7 +338,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Consume ``spec["messages"]`` messages with one client variant in this process and report the rate.
 
     ``spec`` holds bootstrap, topic, partitions, messages, client (``kafka-python`` | ``confluent-kafka``),
-    decode (bool) and block (module names made unimportable first, e.g. ``["crc32c"]``).
+    decode (bool), block (module names made unimportable first, e.g. ``["crc32c"]``) and, for kafka-python,
+    keep_memory, bulk_recv and config (extra consumer settings). The result carries the counts and the
+    loop's CPU (``cpu_s``, ``user_s``, ``sys_s``) and minor page faults (``minflt``).
     """
     for name in spec.get("block", []):
         if name in sys.modules or "kafka" in sys.modules:

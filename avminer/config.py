@@ -302,6 +302,14 @@ class SelectionSettings:
             " scoring higher (mi, shift fleet-wide, radar, novelty per slice). 0 disables one."
         ),
     )
+    quality_weight: float = field(
+        default=1.0,
+        metadata=_help(
+            "Weight of the release's measured per-condition quality (its gates' mIoU, shipped in the bundle) in"
+            " the full policy's priority: a condition at half the fleet's mIoU ranks its frames as if each were"
+            " 2**weight times rarer. 0 disables it."
+        ),
+    )
     hourly_budget: int = field(default=1000, metadata=_help("Mined frames per slice per hour at most."))
     camera_cooldown_s: float = field(default=2.0, metadata=_help("Seconds between two mined frames of one camera."))
     duplicate_similarity: float = field(
@@ -464,6 +472,7 @@ class Settings:
             (0 < self.selection.target_rate <= 1, "selection.target_rate", "must be in (0, 1]"),
             (self.selection.policy in SELECTION_POLICIES, "selection.policy",
              f"must be one of {', '.join(SELECTION_POLICIES)}"),
+            (self.selection.quality_weight >= 0, "selection.quality_weight", "must be >= 0"),
             (self.batcher.max_batch >= 1, "batcher.max_batch", "must be >= 1"),
             (self.batcher.max_wait_ms >= 0, "batcher.max_wait_ms", "must be >= 0"),
             (self.batcher.queue_size >= 1, "batcher.queue_size", "must be >= 1"),

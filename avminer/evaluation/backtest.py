@@ -481,6 +481,7 @@ def run_one(cfg: BacktestConfig, settings: Settings, strategy: str, seed: int, d
                         candidate, run_dir / f"release-{r + 1}", version=f"{strategy}-s{seed}-r{r + 1}",
                         input_hw=cfg.size, reference=fit_reference(candidate, LabeledFrames.concat([labeled, reference_base])),
                         classes=list(CAMVID.classes), trained_on={"labels": total, "replay": len(pick)},
+                        gate_quality=report.quality() if cfg.gates else None,
                     )
                     swap = holder.load(bundle.path)
                     if not swap.ok:

@@ -63,7 +63,7 @@ from avminer.config import Settings
 from avminer.engines.base import resize_batch
 from avminer.engines.bundle import Bundle
 from avminer.engines.contract import EngineOutput, HeadSpec
-from avminer.errors import EngineError, MiningError, SinkUnavailableError
+from avminer.errors import EngineError, MiningError, SelectionError, SinkUnavailableError
 from avminer.events.records import CameraFrame, Decision, RadarScan
 from avminer.metrics import (
     CONSUMER_LAG,
@@ -714,6 +714,12 @@ class Pipeline:
         if scorer is None:
             scorer = self._scorer_for(engine)
             self._scorers = {engine.version: scorer}  # one model at a time; the old one can go
+            # Before the first frame this model scored is selected: where its gates measured it weak.
+            try:
+                self.policy.set_model_quality(engine.bundle.manifest.get("gate_quality"))
+            except SelectionError as exc:
+                log.warning("model %s: its gate_quality is not used (%s)", engine.version, exc)
+                self.policy.set_model_quality(None)
         return scorer
 
     def _score_loop(self) -> None:

@@ -90,6 +90,9 @@ class _Baseline:
     def reset_statistics(self) -> None:
         """Nothing to reset between models but the threshold's sketch (see subclasses)."""
 
+    def set_model_quality(self, quality: Mapping[str, Any] | None) -> None:
+        """Ignored: a baseline reads no measured quality."""
+
 
 class RandomPolicy(_Baseline):
     """Mine each frame with probability ``target_rate``, drawn from a hash of (seed, sample id)."""

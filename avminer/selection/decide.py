@@ -50,6 +50,11 @@ class Policy(Protocol):
         """Per slice at least ``mined_rate``, ``target_rate`` and ``threshold`` (None if it has none)."""
         ...
 
+    def set_model_quality(self, quality: Mapping[str, Any] | None) -> None:
+        """The release's measured quality per condition (``manifest["gate_quality"]``, None: none), given
+        before the first frame that model scored is selected."""
+        ...
+
 
 class ScoredFrame(Protocol):
     """What selection reads of a scored frame (:class:`avminer.scoring.scorer.FrameScore`)."""

@@ -12,8 +12,11 @@ unfamiliarity, not names given in advance; ``radar`` and ``novelty`` are ranked 
 priority is ``max(w_mi * s_mi + w_shift * s_shift, w_radar * s_radar, w_novelty * s_novelty)``
 (``settings.score_weights``): uncertainty and unfamiliarity add up (surprises are log tail fractions,
 so the sum ranks the joint rarity, whatever the scores' scales), radar or novelty can carry a frame on
-their own. The reasons of a mined frame are the components that alone clear the threshold
-(``uncertainty``, ``shift``, ``radar``, ``novelty``), else the largest contributor. Novelty is measured only
+their own. A release's **measured quality per condition** (its gates' mIoU, shipped in the bundle and given
+by :meth:`SelectionPolicy.set_model_quality`) adds ``quality_weight x log10(fleet mIoU / the slice's worst
+condition's mIoU)`` to the priority (:mod:`avminer.selection.quality`): a condition the model is measured to
+fail on ranks its frames higher than its scores alone would. The reasons of a mined frame are the components
+that alone clear the threshold (``uncertainty``, ``shift``, ``radar``, ``novelty``), else the largest contributor. Novelty is measured only
 against :data:`NOVELTY_MIN_SEEN` or more frames of the slice (0 until then).
 
 **Threshold and budget.** A frame is mined iff ``priority > threshold``, the ``1 - q`` quantile of the
@@ -71,6 +74,7 @@ from avminer.config import SelectionSettings
 from avminer.errors import SelectionError
 from avminer.selection.budget import TokenBucket
 from avminer.selection.memory import EmbeddingMemory, normalize
+from avminer.selection.quality import SliceQuality
 from avminer.selection.recent import RecentScores
 from avminer.selection.sketch import QuantileSketch
 from avminer.utils.packing import PackingError, pack_named, unpack_named
@@ -212,6 +216,7 @@ class SelectionPolicy:
         self._ranked: np.ndarray | None = None  # sorted priorities of the recent frames, re-scored now
         self._ranked_at = 0  # distinct frames (every slice) when _ranked was computed
         self._model_version: str | None = None
+        self._quality = SliceQuality({}, 0.0)  # the production model's measured quality per condition
         # Statistics of a new model gathered while the old model's still rank (see _new_model).
         self._next: tuple[dict[str, dict[str, QuantileSketch]], RecentScores] | None = None
         # The fleet sync merges remote sketches from its own thread; selection runs in the scoring thread.
@@ -299,7 +304,7 @@ class SelectionPolicy:
             for key, values in self._recent.by_slice().items():
                 st = self._slices[key]
                 snapshot = st.snapshot if st.pool_version == self._pool_version else None
-                parts.append(self._priorities(snapshot or self._sketches(key), values))
+                parts.append(self._priorities(snapshot or self._sketches(key), values) + self._quality.offset(key))
             self._ranked = np.sort(np.concatenate(parts)) if parts else np.zeros(0)
             self._ranked_at = total
         return self._ranked
@@ -427,10 +432,14 @@ class SelectionPolicy:
         values = {name: float(c.scores.get(name, 0.0)) for name in ("mi", "shift", "radar")}
         values["novelty"] = novelty
         priority, surprise = self._priority(st.snapshot, values)
+        offset = self._quality.offset(c.slice)
+        priority += offset
         self._record(c.slice, st, values, priority)
         st.distinct += 1
         st.since_refresh += 1
         extra = {"novelty": novelty, **{f"surprise_{n}": v for n, v in surprise.items()}}
+        if offset:
+            extra["quality_offset"] = offset
 
         if st.threshold is None:
             return self._reject(st, "warmup", priority, extra)
@@ -525,7 +534,23 @@ class SelectionPolicy:
             st = self._state(slice_key)
             self._refresh(slice_key, st)
             assert st.snapshot is not None
-            return self._priority(st.snapshot, scores)
+            priority, surprise = self._priority(st.snapshot, scores)
+            return priority + self._quality.offset(slice_key), surprise
+
+    def set_model_quality(self, quality: Mapping[str, Any] | None) -> None:
+        """Take a release's measured quality per condition (``manifest["gate_quality"]``; None: none).
+
+        Frames of slices the model is measured to be weak on rank higher (:mod:`avminer.selection.quality`,
+        weight ``selection.quality_weight``). The offsets apply from now on, to the recent frames the
+        threshold is re-ranked over too, so frame and threshold stay on one scale.
+
+        Raises:
+            SelectionError: a malformed table (nothing of it is kept).
+        """
+        table = SliceQuality(quality or {}, self.settings.quality_weight)
+        with self._lock:
+            self._quality = table
+            self._ranked = None
 
     @staticmethod
     def _reject(st: _Slice, why: str, priority: float, extra: dict[str, float]) -> Verdict:
@@ -603,5 +628,6 @@ class SelectionPolicy:
                 "fleet_frames": st.snapshot[PRIORITY].count if st.snapshot else 0,
                 "rejected": dict(st.rejected),
                 "reasons": dict(st.reasons),
+                "quality_offset": self._quality.offset(key),
             }
         return out

@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from avminer.errors import GateRefusedError
+from avminer.selection.quality import ALL, FOG, condition_groups, quality_manifest
 
 FOG_BETA = 0.02  # 1/m: Foggy Cityscapes' densest setting, ~150 m visibility
-FOG = "fog"
-ALL = "all"
 
 if TYPE_CHECKING:
     from avminer.models.ensemble import Ensemble
@@ -47,6 +46,7 @@ class SliceGate:
     delta: float | None  # candidate - production
     passed: bool
     reason: str = ""
+    frames: int | None = None  # frames the candidate was scored on (None: given as a bare mIoU)
 
 
 @dataclass
@@ -70,6 +70,12 @@ class GateReport:
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), sort_keys=True)
 
+    def quality(self) -> dict[str, dict[str, float]]:
+        """The candidate's mIoU and frames per gate slice: a released bundle's ``gate_quality``, which the
+        miners' policy reads (:mod:`avminer.selection.quality`)."""
+        return quality_manifest({s.slice: s.candidate for s in self.slices},
+                                {s.slice: s.frames or 0 for s in self.slices})
+
     def table(self) -> str:
         """A fixed-width table for logs and the CLI."""
 
@@ -88,6 +94,10 @@ def _miou(v: float | SliceMetrics) -> float:
     return float(v) if isinstance(v, int | float) else float(v.miou)
 
 
+def _frames(v: float | SliceMetrics | None) -> int | None:
+    return None if v is None or isinstance(v, int | float) else int(v.frames)
+
+
 def compare(
     candidate: Mapping[str, float | SliceMetrics],
     production: Mapping[str, float | SliceMetrics] | None,
@@ -104,16 +114,16 @@ def compare(
     prod = {k: _miou(v) for k, v in (production or {}).items()}
     cand = {k: _miou(v) for k, v in candidate.items()}
     for key in sorted(set(cand) | set(prod)):
-        c, p = cand.get(key), prod.get(key)
+        c, p, n = cand.get(key), prod.get(key), _frames(candidate.get(key))
         if p is None or math.isnan(p):
             ok = c is not None and not math.isnan(c)
-            report.slices.append(SliceGate(key, c, p, None, ok, "" if ok else "candidate mIoU is not finite"))
+            report.slices.append(SliceGate(key, c, p, None, ok, "" if ok else "candidate mIoU is not finite", n))
         elif c is None or math.isnan(c):
-            report.slices.append(SliceGate(key, c, p, None, False, "candidate was not evaluated on this slice"))
+            report.slices.append(SliceGate(key, c, p, None, False, "candidate was not evaluated on this slice", n))
         else:
             delta = c - p
             ok = delta >= -margin
-            report.slices.append(SliceGate(key, c, p, delta, ok, "" if ok else f"drops {-delta:.3f} > {margin}"))
+            report.slices.append(SliceGate(key, c, p, delta, ok, "" if ok else f"drops {-delta:.3f} > {margin}", n))
     return report
 
 
@@ -156,15 +166,7 @@ def gate_groups(frames: LabeledFrames, fog_beta: float | None = FOG_BETA) -> tup
     """
     from avminer.trainer.data import LabeledFrames
 
-    groups: list[list[str]] = []
-    for key in frames.slices:
-        tod, weather, region = (key.split("/") + ["unknown", "unknown"])[:3]
-        keys = [ALL, tod] if tod and tod != "unknown" else [ALL]
-        if weather == FOG:
-            keys.append(FOG)
-        if region and region != "unknown":
-            keys.append(f"region:{region}")
-        groups.append(keys)
+    groups = [[ALL, *condition_groups(key)] for key in frames.slices]
     day = [i for i, key in enumerate(frames.slices) if key.split("/")[0] == "day" and key.split("/")[1:2] != [FOG]]
     if fog_beta is None or not day:
         return frames, groups

@@ -72,8 +72,13 @@ def export_release_bundle(
     trained_on: dict[str, Any] | None = None,
     classes: list[str] | None = None,
     extra: dict[str, Any] | None = None,
+    gate_quality: dict[str, dict[str, float]] | None = None,
 ) -> Any:
     """Write a verified bundle (ONNX + model.pt + reference stats + manifest) and check ORT parity.
+
+    ``gate_quality`` (:meth:`avminer.trainer.gates.GateReport.quality`: the model's mIoU and frames per gate
+    slice) goes into the manifest, where the miners' selection policy reads it on hot-swap
+    (:mod:`avminer.selection.quality`).
 
     Returns:
         The :class:`avminer.engines.bundle.Bundle`.
@@ -88,6 +93,7 @@ def export_release_bundle(
         **(extra or {}),
         "trained_on": trained_on or {},
         "metrics": metrics_manifest(metrics or {}),
+        **({"gate_quality": gate_quality} if gate_quality else {}),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     model = model.eval()

@@ -286,7 +286,7 @@ class TrainerService:
             return {"result": "refused", "error": str(exc).splitlines()[0]}
         bundle = export_release_bundle(
             result.model, bundle_dir, version=run_id, input_hw=size,
-            reference=fit_reference(result.model, train), metrics=result.metrics,
+            reference=fit_reference(result.model, train), metrics=result.metrics, gate_quality=report.quality(),
             trained_on={"dataset": DATASET_ID, "dataset_version": version, "frames": len(train)},
             classes=production.classes if production else list(CAMVID.classes),
         )

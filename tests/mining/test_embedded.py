@@ -207,3 +207,29 @@ def test_the_end_of_a_drive_log_does_not_cut_the_radar_join_short(
                       serve_metrics=False)
     assert stats.decisions == len(frames) and expected
     assert {fid for fid, ok in joined.items() if ok} == expected
+
+
+def test_the_policy_reads_the_release_gate_quality_on_its_first_batch(sample_drive: Path, tmp_path: Path) -> None:
+    """A bundle that ships its gates' figures: every frame of a condition measured weak carries the offset the
+    policy added to its priority, and the policy's stats show it."""
+    import math
+
+    from avminer.engines.hotswap import EngineHolder
+    from avminer.selection.policy import SelectionPolicy
+    from tests.mining.support import FakeEngine, fake_bundle
+
+    bundle = fake_bundle(version="measured")
+    bundle.manifest["gate_quality"] = {"all": {"miou": 0.5, "frames": 1000}, "dusk": {"miou": 0.125, "frames": 1000}}
+    settings = embedded_settings(tmp_path / "out")
+    policy = SelectionPolicy(settings.selection)  # type: ignore[attr-defined]
+    run_miner(settings, engines=EngineHolder(FakeEngine(bundle)), drive_log=sample_drive,  # type: ignore[arg-type]
+              handle_signals=False, serve_metrics=False, policy=policy)
+    decisions = read_jsonl(tmp_path / "out" / "decisions.jsonl")
+    dusk = [d for d in decisions if d["slice"].startswith("dusk/")]
+    assert dusk and len(dusk) < len(decisions)
+    # (1000 x 0.125 + 8 x 0.5) / 1008 = 0.128: offset log10(0.5 / 0.128) for dusk, none for day.
+    expected = math.log10(0.5 / ((1000 * 0.125 + 8 * 0.5) / 1008))
+    ranked = [d for d in dusk if "surprise_mi" in d["scores"]]  # not rejected as repeats before ranking
+    assert ranked and all(d["scores"]["quality_offset"] == pytest.approx(expected) for d in ranked)
+    assert not any("quality_offset" in d["scores"] for d in decisions if d["slice"].startswith("day/"))
+    assert policy.stats()[dusk[0]["slice"]]["quality_offset"] == pytest.approx(expected)

@@ -66,6 +66,18 @@ def test_gate_models_same_model_passes_and_worse_model_is_refused() -> None:
     assert all(s.delta == 0 for s in report.slices)
 
 
+def test_the_report_carries_the_candidates_quality_per_gate_slice() -> None:
+    """What a release ships for the miners' policy: the candidate's mIoU and frames per gate slice."""
+    frames = make_frames(6, slices=("day/clear/a", "dusk/clear/a", "day/clear/unknown"))
+    model = build_ensemble(erfnet_arch(width=0.25, members=2), seed=0).eval()
+    report = gate_models(model, None, frames, margin=0.0)
+    quality = report.quality()
+    assert set(quality) == {"all", "day", "dusk", "fog", "region:a"}
+    assert {k: v["frames"] for k, v in quality.items()} == {"all": 6, "day": 4, "dusk": 2, "fog": 4, "region:a": 4}
+    assert all(v["miou"] == round(s.candidate, 4) for s in report.slices for k, v in quality.items() if k == s.slice)
+    assert compare({"all": 0.5}, None, 0.0).quality() == {"all": {"miou": 0.5, "frames": 0}}  # bare mIoU: no count
+
+
 def test_gate_slices_are_time_of_day_fog_and_region() -> None:
     frames = make_frames(6, slices=("day/clear/a", "dusk/clear/a", "day/clear/unknown"))
     gated, groups = gate_groups(frames)

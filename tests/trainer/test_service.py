@@ -67,6 +67,9 @@ def test_labels_trigger_a_run_that_promotes_the_candidate(fleet) -> None:  # typ
     assert {g["slice"] for g in summary["gate"]["slices"]} >= {"all", "day", "region:a"}
     bundle = load_bundle(svc.state.production)  # type: ignore[arg-type]
     assert bundle.version == summary["run_id"]
+    # The release ships its gates' figures for the miners' policy (avminer.selection.quality).
+    assert {k: v["miou"] for k, v in bundle.manifest["gate_quality"].items()} == {
+        g["slice"]: round(g["candidate"], 4) for g in summary["gate"]["slices"] if g["candidate"] is not None}
     runs = catalog.training_runs(model_version=summary["run_id"])
     assert [r["dataset_id"] for r in runs] == ["fleet"]
     assert catalog.stats()["by_state"]["used"] == 10

@@ -16,8 +16,9 @@ their own. A release's **measured quality per condition** (its gates' mIoU, ship
 by :meth:`SelectionPolicy.set_model_quality`) adds ``quality_weight x log10(fleet mIoU / the slice's worst
 condition's mIoU)`` to the priority (:mod:`avminer.selection.quality`): a condition the model is measured to
 fail on ranks its frames higher than its scores alone would. The reasons of a mined frame are the components
-that alone clear the threshold (``uncertainty``, ``shift``, ``radar``, ``novelty``), else the largest contributor. Novelty is measured only
-against :data:`NOVELTY_MIN_SEEN` or more frames of the slice (0 until then).
+that alone clear the threshold (``uncertainty``, ``shift``, ``radar``, ``novelty``), else the largest
+contributor. Novelty is measured only against :data:`NOVELTY_MIN_SEEN` or more frames of the slice (0 until
+then).
 
 **Threshold and budget.** A frame is mined iff ``priority > threshold``, the ``1 - q`` quantile of the
 priorities of this miner's last ``rank_window`` distinct frames (every slice), **re-scored against the current

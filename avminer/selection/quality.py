@@ -27,7 +27,8 @@ FOG = "fog"
 PRIOR_FRAMES = 8.0
 """Pseudo-frames at the ``all`` mIoU that shrink a gate slice's mIoU (its own frames weigh as much each)."""
 OFFSET_RANGE = (-0.5, 1.0)
-"""Bounds of the priority offset (``log10`` units, before the weight): 1/3x to 10x the ``all`` mIoU."""
+"""Bounds of the priority offset (``log10`` units, before the weight): -0.5 for a condition at 3.2x the ``all``
+mIoU or better, +1 for one at a tenth of it or worse."""
 MIOU_FLOOR = 0.02
 """mIoU below which a condition counts as this bad (keeps the ratio finite)."""
 

@@ -32,7 +32,8 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     """The adaptation options of ``avminer train run``."""
     run.add_argument("--adapt", metavar="METHODS",
                      help="adapt a trained bundle instead of training from scratch: comma-separated synth, adabn, "
-                          "pseudo (or none: fine-tune on --target-labels only)")
+                          "pseudo or mix (self-training through cross-domain ClassMix) (or none: fine-tune on "
+                          "--target-labels only)")
     run.add_argument("--init", type=Path, metavar="BUNDLE", help="bundle to adapt (default: the starter bundle)")
     run.add_argument("--target", type=Path, action="append", default=[], metavar="DIR",
                      help="CamVid-layout folder of unlabeled target frames (labels ignored); repeatable")
@@ -63,8 +64,8 @@ def run_adapt(args: argparse.Namespace) -> int:
     from avminer.trainer.train import TrainConfig, evaluate
 
     methods = parse_methods(args.adapt)
-    if ("adabn" in methods or "pseudo" in methods) and not args.target:
-        raise ConfigError("adabn and pseudo need unlabeled target frames", "--target")
+    if ({"adabn", "pseudo", "mix"} & set(methods)) and not args.target:
+        raise ConfigError("adabn, pseudo and mix need unlabeled target frames", "--target")
     if not methods and not args.target_labels:
         raise ConfigError("--adapt none fine-tunes on target labels only; give --target-labels", "--target-labels")
     if args.pseudo_rounds is not None and args.pseudo_rounds < 1:
@@ -169,6 +170,22 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
                              "fog=0.1,dusk=0.3,appearance=0.2 (default: the adaptation's default mix)")
 
 
+    parser.add_argument("--pseudo-groups", choices=("on", "off"),
+                        help="with --adapt: self-training rows pseudo-label in IDD's 7 groups (on) or CamVid's "
+                             "classes (off) (default: off for pseudo rows, the mix rows' setting for mix rows)")
+    parser.add_argument("--pseudo-flip", choices=("on", "off"),
+                        help="with --adapt: pseudo-labels from probabilities averaged over each frame and its mirror")
+    parser.add_argument("--pseudo-lr-scale", type=float, metavar="X",
+                        help="with --adapt: the self-training rounds' learning rate as a multiple of --lr (default 1)")
+    parser.add_argument("--source-bn", action="store_true",
+                        help="with --adapt: rows without adabn end with the BatchNorm statistics re-estimated on the "
+                             "source frames")
+    parser.add_argument("--min-threshold", type=float, metavar="P",
+                        help="with --adapt: no pseudo-label below this confidence, whatever the class (default 0)")
+    parser.add_argument("--keep", type=float, metavar="Q",
+                        help="with --adapt: first-round share of each class's agreeing pixels kept (default 0.2)")
+
+
 def _thin(text: str) -> dict[str, int]:
     from avminer.evaluation.adaptation import THIN_ROLES
 
@@ -206,6 +223,17 @@ def run_report(args: argparse.Namespace) -> int:
     if args.synth_mix:
         mix = SynthMix.parse(args.synth_mix, "--synth-mix")
         overrides["synth_mix"] = mix.as_dict() if mix else {}
+    for flag in ("pseudo_groups", "pseudo_flip"):
+        if getattr(args, flag) is not None:
+            overrides[flag] = getattr(args, flag) == "on"
+    if args.pseudo_lr_scale is not None:
+        overrides["pseudo_lr_scale"] = args.pseudo_lr_scale
+    if args.min_threshold is not None:
+        overrides["min_threshold"] = args.min_threshold
+    if args.source_bn:
+        overrides["source_bn"] = True
+    if args.keep is not None:
+        overrides["keep"] = args.keep
     overrides["validation"] = args.validation
     if args.methods:
         overrides["rows"] = tuple(args.methods)

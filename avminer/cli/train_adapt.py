@@ -3,6 +3,11 @@
     avminer train run --adapt synth,adabn,pseudo --data CAMVID --target DIR [--target-sequences S ...]
         [--target-labels DIR] [--init BUNDLE] [--synth-mix fog=0.1,dusk=0.3] [--pseudo-rounds N] --out BUNDLE
     avminer train report --adapt --data CAMVID --target-data IDD_LITE [--quick] [--seeds 0 1] [--json]
+        [--validation] [--methods ROW ...] [--pseudo-groups on|off] [--pseudo-flip on|off] [--source-share S] ...
+
+``--methods`` names report rows (``synth+mix``: self-training through cross-domain ClassMix); the
+self-training flags (``--pseudo-groups``, ``--pseudo-flip``, ``--pseudo-lr-scale``, ``--min-threshold``,
+``--keep``, ``--source-share``, ``--source-bn``) exist to choose settings on ``--validation``.
 
 ``report --adapt`` without scale flags is the full report (:class:`avminer.evaluation.adaptation.AdaptReportConfig`'s
 defaults, under an hour on two shared cores at one thread); ``--quick`` is the CI scale.
@@ -163,8 +168,8 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interpolate", type=float, metavar="A",
                         help="with --adapt: the +wise rows' weights are (1 - A) * starting + A * fine-tuned (default 0.5)")
     parser.add_argument("--source-share", type=float, metavar="S",
-                        help="with --adapt: least share of labeled frames in every self-training epoch (default 0.5; "
-                             "0: every pseudo-labeled frame)")
+                        help="with --adapt: least share of labeled frames in every self-training epoch (default 0.5 "
+                             "in pseudo rows, 0.75 in mix rows; 0: every pseudo-labeled frame)")
     parser.add_argument("--synth-mix", metavar="C=R,...",
                         help="with --adapt: synthetic share per condition in the synth rows, e.g. "
                              "fog=0.1,dusk=0.3,appearance=0.2 (default: the adaptation's default mix)")

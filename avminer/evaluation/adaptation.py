@@ -360,6 +360,7 @@ def run_adapt_report(cfg: AdaptReportConfig) -> AdaptReport:
                                  len(record.pseudo_frames), record.pseudo_pixel_share, record.seconds))
             log.info("%s seed %d: %s (%.0f s)", row, seed, rows[-1].miou, record.seconds)
     conf = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()}
+    conf["mix_pseudo"] = {k: getattr(pseudo_settings(cfg, True), k) for k in ("groups", "flip", "source_share")}
     sizes = {"source": len(splits.source), "target_unlabeled": len(splits.target),
              "india_adapt": len(splits.india_labeled), "dusk_adapt": len(splits.dusk_labeled),
              **{f"eval:{s.condition}": len(s.frames) for s in splits.eval_slices},

@@ -197,6 +197,7 @@ def test_train_report_adapt_mix_row_pseudo_labels_in_groups(folders, capsys: pyt
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["config"]["pseudo_groups"] is True and out["config"]["source_share"] == 0.75
+    assert out["config"]["mix_pseudo"] == {"groups": True, "flip": True, "source_share": 0.75}  # what the row used
     (entry,) = out["summary"]
     assert entry["method"] == "synth+mix" and entry["target_labels_used"] == 0  # zero target labels
     assert entry["pseudo_frames"] > 0  # the unlabeled dusk / India frames, recorded as pseudo-labeled

@@ -3,6 +3,11 @@
     avminer train run --adapt synth,adabn,pseudo --data CAMVID --target DIR [--target-sequences S ...]
         [--target-labels DIR] [--init BUNDLE] [--synth-mix fog=0.1,dusk=0.3] [--pseudo-rounds N] --out BUNDLE
     avminer train report --adapt --data CAMVID --target-data IDD_LITE [--quick] [--seeds 0 1] [--json]
+        [--validation] [--methods ROW ...] [--pseudo-groups on|off] [--pseudo-flip on|off] [--source-share S] ...
+
+``--methods`` names report rows (``synth+mix``: self-training through cross-domain ClassMix); the
+self-training flags (``--pseudo-groups``, ``--pseudo-flip``, ``--pseudo-lr-scale``, ``--min-threshold``,
+``--keep``, ``--source-share``, ``--source-bn``) exist to choose settings on ``--validation``.
 
 ``report --adapt`` without scale flags is the full report (:class:`avminer.evaluation.adaptation.AdaptReportConfig`'s
 defaults, under an hour on two shared cores at one thread); ``--quick`` is the CI scale.
@@ -32,7 +37,8 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     """The adaptation options of ``avminer train run``."""
     run.add_argument("--adapt", metavar="METHODS",
                      help="adapt a trained bundle instead of training from scratch: comma-separated synth, adabn, "
-                          "pseudo (or none: fine-tune on --target-labels only)")
+                          "pseudo or mix (self-training through cross-domain ClassMix) (or none: fine-tune on "
+                          "--target-labels only)")
     run.add_argument("--init", type=Path, metavar="BUNDLE", help="bundle to adapt (default: the starter bundle)")
     run.add_argument("--target", type=Path, action="append", default=[], metavar="DIR",
                      help="CamVid-layout folder of unlabeled target frames (labels ignored); repeatable")
@@ -63,8 +69,8 @@ def run_adapt(args: argparse.Namespace) -> int:
     from avminer.trainer.train import TrainConfig, evaluate
 
     methods = parse_methods(args.adapt)
-    if ("adabn" in methods or "pseudo" in methods) and not args.target:
-        raise ConfigError("adabn and pseudo need unlabeled target frames", "--target")
+    if ({"adabn", "pseudo", "mix"} & set(methods)) and not args.target:
+        raise ConfigError("adabn, pseudo and mix need unlabeled target frames", "--target")
     if not methods and not args.target_labels:
         raise ConfigError("--adapt none fine-tunes on target labels only; give --target-labels", "--target-labels")
     if args.pseudo_rounds is not None and args.pseudo_rounds < 1:
@@ -162,11 +168,27 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interpolate", type=float, metavar="A",
                         help="with --adapt: the +wise rows' weights are (1 - A) * starting + A * fine-tuned (default 0.5)")
     parser.add_argument("--source-share", type=float, metavar="S",
-                        help="with --adapt: least share of labeled frames in every self-training epoch (default 0.5; "
-                             "0: every pseudo-labeled frame)")
+                        help="with --adapt: least share of labeled frames in every self-training epoch (default 0.5 "
+                             "in pseudo rows, 0.75 in mix rows; 0: every pseudo-labeled frame)")
     parser.add_argument("--synth-mix", metavar="C=R,...",
                         help="with --adapt: synthetic share per condition in the synth rows, e.g. "
                              "fog=0.1,dusk=0.3,appearance=0.2 (default: the adaptation's default mix)")
+
+
+    parser.add_argument("--pseudo-groups", choices=("on", "off"),
+                        help="with --adapt: self-training rows pseudo-label in IDD's 7 groups (on) or CamVid's "
+                             "classes (off) (default: off for pseudo rows, the mix rows' setting for mix rows)")
+    parser.add_argument("--pseudo-flip", choices=("on", "off"),
+                        help="with --adapt: pseudo-labels from probabilities averaged over each frame and its mirror")
+    parser.add_argument("--pseudo-lr-scale", type=float, metavar="X",
+                        help="with --adapt: the self-training rounds' learning rate as a multiple of --lr (default 1)")
+    parser.add_argument("--source-bn", action="store_true",
+                        help="with --adapt: rows without adabn end with the BatchNorm statistics re-estimated on the "
+                             "source frames")
+    parser.add_argument("--min-threshold", type=float, metavar="P",
+                        help="with --adapt: no pseudo-label below this confidence, whatever the class (default 0)")
+    parser.add_argument("--keep", type=float, metavar="Q",
+                        help="with --adapt: first-round share of each class's agreeing pixels kept (default 0.2)")
 
 
 def _thin(text: str) -> dict[str, int]:
@@ -206,6 +228,17 @@ def run_report(args: argparse.Namespace) -> int:
     if args.synth_mix:
         mix = SynthMix.parse(args.synth_mix, "--synth-mix")
         overrides["synth_mix"] = mix.as_dict() if mix else {}
+    for flag in ("pseudo_groups", "pseudo_flip"):
+        if getattr(args, flag) is not None:
+            overrides[flag] = getattr(args, flag) == "on"
+    if args.pseudo_lr_scale is not None:
+        overrides["pseudo_lr_scale"] = args.pseudo_lr_scale
+    if args.min_threshold is not None:
+        overrides["min_threshold"] = args.min_threshold
+    if args.source_bn:
+        overrides["source_bn"] = True
+    if args.keep is not None:
+        overrides["keep"] = args.keep
     overrides["validation"] = args.validation
     if args.methods:
         overrides["rows"] = tuple(args.methods)

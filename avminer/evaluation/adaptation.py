@@ -21,7 +21,8 @@ generalisation); dusk on the last third of the dusk adaptation half, left out of
 on the IDD-lite validation sequences.
 
 Rows: ``baseline`` (the bundle as it is), ``adabn``, ``synth``, ``pseudo``, ``synth+adabn``, ``synth+adabn+pseudo``,
-``labels50+pseudo`` (50 India adaptation frames picked by the ensemble's uncertainty — mean mutual
+``synth+pseudo`` (self-training after ``synth``, no AdaBN), ``synth+mix`` (self-training through cross-domain
+ClassMix, DACS-style, pseudo-labels in IDD's groups: :data:`MIX_PSEUDO`), ``labels50+pseudo`` (50 India adaptation frames picked by the ensemble's uncertainty — mean mutual
 information, as the miner ranks them — labeled in IDD's groups, plus pseudo-labels on the rest and on
 dusk), ``labels_all`` (every adaptation frame's label: India in IDD groups, dusk in CamVid classes).
 A ``+wise`` row returns the weights averaged with the starting ones (``interpolate``; WiSE-FT, see
@@ -47,7 +48,7 @@ from avminer.trainer.data import LabeledFrames, load_camvid
 log = logging.getLogger(__name__)
 
 ROWS = ("baseline", "adabn", "synth", "pseudo", "synth+adabn", "synth+adabn+pseudo", "synth+adabn+pseudo+wise",
-        "labels50+pseudo", "labels_all")
+        "synth+pseudo", "synth+mix", "labels50+pseudo", "labels_all")
 """Report rows (methods and label budgets), in table order."""
 
 CONDITIONS = ("cambridge_uk/day", "cambridge_uk/dusk", "india/day")
@@ -164,11 +165,16 @@ class AdaptReportConfig:
         label_budget: target frames labeled in ``labels50+pseudo``.
         threads: torch threads.
         validation: score on the validation slices (see the module docstring), never the evaluation ones.
-        source_share: least share of labeled frames in every self-training epoch (``PseudoConfig``).
+        source_share: least share of labeled frames in every self-training epoch (``PseudoConfig``); None:
+            0.5 in ``pseudo`` rows, :data:`MIX_PSEUDO`'s in ``mix`` rows.
         interpolate: in ``+wise`` rows, the weight of the fine-tuned weights against the starting ones
             (``AdaptConfig.interpolate``); other rows return the fine-tuned weights.
         synth_mix: synthetic share per condition in ``synth`` rows (:class:`avminer.trainer.synth.SynthMix`);
             empty: :data:`avminer.trainer.adapt.DEFAULT_SYNTH_MIX`.
+        pseudo_groups, pseudo_flip: pseudo-labels in IDD's groups, from mirror-averaged probabilities
+            (``PseudoConfig.groups`` / ``flip``); None: off in ``pseudo`` rows, :data:`MIX_PSEUDO`'s in ``mix`` rows.
+        keep: first-round share of each class's agreeing pixels kept (None: ``PseudoConfig``'s 0.2).
+        pseudo_lr_scale: the self-training rounds' learning rate as a multiple of ``lr``.
     """
 
     camvid: Path
@@ -185,9 +191,15 @@ class AdaptReportConfig:
     threads: int = 1
     progress: bool = False
     validation: bool = False
-    source_share: float = 0.5
+    source_share: float | None = None
     interpolate: float = 0.5
     synth_mix: dict[str, float] = field(default_factory=dict)
+    pseudo_groups: bool | None = None
+    pseudo_flip: bool | None = None
+    keep: float | None = None
+    pseudo_lr_scale: float = 1.0
+    source_bn: bool = False
+    min_threshold: float = 0.0
 
     def __post_init__(self) -> None:
         from avminer.trainer.synth import SynthMix
@@ -277,12 +289,32 @@ def pick_by_uncertainty(model: Any, frames: LabeledFrames, budget: int) -> list[
     return sorted(np.argsort(-score, kind="stable")[:budget].tolist())
 
 
+MIX_PSEUDO: dict[str, Any] = {"groups": True, "flip": True, "source_share": 0.75}
+"""Pseudo-label settings of the ``mix`` rows (``PseudoConfig`` fields) unless the config overrides them: IDD's
+groups from mirror-averaged probabilities, three labeled frames to every pseudo-labeled one. Chosen on the
+validation slices (README, Domain adaptation); ``pseudo`` rows keep the earlier defaults (classes, no mirror,
+half and half) so their figures stay comparable."""
+
+
+def pseudo_settings(cfg: AdaptReportConfig, mix: bool) -> Any:
+    """The ``PseudoConfig`` of a row: ``mix`` rows take :data:`MIX_PSEUDO`, ``pseudo`` rows the fine defaults."""
+    from avminer.trainer.adapt import PseudoConfig
+
+    defaults = MIX_PSEUDO if mix else {"groups": False, "flip": False, "source_share": 0.5}
+    groups = cfg.pseudo_groups if cfg.pseudo_groups is not None else bool(defaults["groups"])
+    flip = cfg.pseudo_flip if cfg.pseudo_flip is not None else bool(defaults["flip"])
+    share = cfg.source_share if cfg.source_share is not None else float(defaults["source_share"])
+    extra: dict[str, Any] = {} if cfg.keep is None else {"keep": cfg.keep}
+    return PseudoConfig(rounds=cfg.rounds, source_share=share, groups=groups, flip=flip,
+                        lr_scale=cfg.pseudo_lr_scale, min_threshold=cfg.min_threshold, **extra)
+
+
 def run_adapt_report(cfg: AdaptReportConfig) -> AdaptReport:
     """Adapt and score every (row, seed); see the module docstring."""
     from avminer.engines.bundle import load_bundle
     from avminer.evaluation.segmentation import ensemble_predictor, evaluate
     from avminer.models import load_ensemble
-    from avminer.trainer.adapt import AdaptConfig, PseudoConfig, adapt
+    from avminer.trainer.adapt import AdaptConfig, adapt
     from avminer.trainer.train import TrainConfig, set_threads
 
     set_threads(cfg.threads)
@@ -310,8 +342,9 @@ def run_adapt_report(cfg: AdaptReportConfig) -> AdaptReport:
             methods = {"labels50+pseudo": ("pseudo",), "labels_all": ()}.get(row, tuple(row.removesuffix("+wise").split("+")))
             train = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, seed=seed, threads=cfg.threads, eval_every=10_000,
                                 progress=cfg.progress, coarse_taxonomy=IDD_LEVEL1.name, synth_mix=dict(cfg.synth_mix))
-            acfg = AdaptConfig(methods, train=train, pseudo=PseudoConfig(rounds=cfg.rounds, source_share=cfg.source_share),
-                               max_source_frames=cfg.max_source_frames, interpolate=cfg.interpolate if wise else 1.0)
+            acfg = AdaptConfig(methods, train=train, pseudo=pseudo_settings(cfg, "mix" in methods),
+                               max_source_frames=cfg.max_source_frames, interpolate=cfg.interpolate if wise else 1.0,
+                               source_bn=cfg.source_bn and "adabn" not in methods)
             target, labeled = splits.target, None
             if row == "labels50+pseudo":
                 if picked is None:
@@ -327,6 +360,7 @@ def run_adapt_report(cfg: AdaptReportConfig) -> AdaptReport:
                                  len(record.pseudo_frames), record.pseudo_pixel_share, record.seconds))
             log.info("%s seed %d: %s (%.0f s)", row, seed, rows[-1].miou, record.seconds)
     conf = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()}
+    conf["mix_pseudo"] = {k: getattr(pseudo_settings(cfg, True), k) for k in ("groups", "flip", "source_share")}
     sizes = {"source": len(splits.source), "target_unlabeled": len(splits.target),
              "india_adapt": len(splits.india_labeled), "dusk_adapt": len(splits.dusk_labeled),
              **{f"eval:{s.condition}": len(s.frames) for s in splits.eval_slices},

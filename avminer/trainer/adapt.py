@@ -19,6 +19,14 @@ Three methods, composable (:func:`adapt`), applied to a model fine-tuned from an
   the pseudo-labeled frames per round when there are more of them): the model serves the source
   condition too, and a target-dominated mix is what made day mIoU fall. With ``adabn`` the statistics are
   re-estimated after every round, so the next round's pseudo-labels come from target statistics again.
+  Options (:class:`PseudoConfig`): pseudo-labels in the coarse taxonomy's groups (``groups``: IDD's 7
+  level-1 groups, each one's probability the sum of its classes', trained through the group likelihood of
+  :mod:`avminer.trainer.coarse`), and from probabilities averaged over the frame and its mirror (``flip``).
+- ``mix``: self-training through cross-domain mixing (DACS, Tranheden et al., "DACS: Domain Adaptation via
+  Cross-domain Mixed Sampling", WACV 2021): as ``pseudo``, but every pseudo-labeled target frame trained on
+  carries the pixels of half the classes of a labeled frame, pasted with their labels (ClassMix masks,
+  Olsson et al., WACV 2021; :func:`class_mix`), so the labeled classes are learnt in target context and
+  the pseudo-labels beside them.
 
 Target frames labeled in another taxonomy (IDD-lite's 7 groups) join the labeled set through the declared
 mapping (:mod:`avminer.trainer.coarse`). Pseudo-labeled frames are recorded as such, never as human labels
@@ -40,13 +48,16 @@ from torch import nn
 
 from avminer.errors import ConfigError, TrainerError
 from avminer.models.ensemble import Ensemble
+from avminer.taxonomy import TaxonomyMapping
+from avminer.trainer.coarse import COARSE_BASE
 from avminer.trainer.data import VOID, LabeledFrames, batches, to_tensors
-from avminer.trainer.train import TrainConfig, train_ensemble
+from avminer.trainer.train import TrainConfig, coarse_mapping, train_ensemble
 
 log = logging.getLogger(__name__)
 
-METHODS = ("synth", "adabn", "pseudo")
-"""Adaptation methods, in the order :func:`adapt` applies them."""
+METHODS = ("synth", "adabn", "pseudo", "mix")
+"""Adaptation methods, in the order :func:`adapt` applies them (``pseudo`` and ``mix`` are two forms of
+self-training; one run takes one of them)."""
 
 DEFAULT_SYNTH_MIX = {"fog": 0.05, "dusk": 0.2, "night": 0.05, "rain": 0.05, "appearance": 0.1, "target_style": 0.1}
 """Synthetic share per condition when ``synth`` is on and no mix is given (as ``trainer.synth_mix``'s default).
@@ -66,7 +77,10 @@ def parse_methods(text: str | Sequence[str]) -> tuple[str, ...]:
     unknown = [m for m in items if m not in (*METHODS, "none")]
     if unknown:
         raise ConfigError(f"unknown adaptation method(s) {unknown}; known: {list(METHODS)} (comma-separated)", "--adapt")
-    return tuple(m for m in METHODS if m in items)
+    methods = tuple(m for m in METHODS if m in items)
+    if "pseudo" in methods and "mix" in methods:
+        raise ConfigError("pseudo and mix are two forms of self-training; pick one", "--adapt")
+    return methods
 
 
 @dataclass(frozen=True)
@@ -82,10 +96,23 @@ class PseudoConfig:
             target pixels' MI are void.
         max_threshold: a class's confidence threshold never exceeds this (keeps some pixels of every class
             the model predicts confidently at all).
+        min_threshold: nor falls below this: a class the model is never confident about gets no pixels
+            (0: the class-balanced quantile alone, as in CBST).
         epochs_per_round: training epochs per round.
         source_share: least share of labeled (source and labeled target) frames among the frames of a
             self-training epoch; pseudo-labeled frames beyond it are left out of that round (a seeded
             subset is kept, a different one each round). 0: every pseudo-labeled frame, whatever the mix.
+        groups: pseudo-label in the groups of the coarse taxonomy the run trains with
+            (``TrainConfig.coarse_taxonomy``, IDD's 7 level-1 groups in the report) rather than in the fine
+            classes: a group's probability is the sum of its classes' probabilities, the members' agreement
+            (MI) and the confidence are measured on the groups, and a kept pixel trains through the group
+            likelihood (:mod:`avminer.trainer.coarse`), which says nothing about the fine class inside it.
+        flip: the ensemble's probabilities are averaged over the frame and its mirror image before the
+            pseudo-labels are chosen.
+        lr_scale: the self-training rounds train at this multiple of the fine-tuning learning rate.
+        classmix: cross-domain mixing (DACS, Tranheden et al., WACV 2021, with ClassMix's class masks,
+            Olsson et al. 2021): every pseudo-labeled target frame gets the pixels of half the classes of a
+            random labeled frame pasted onto it, with their labels; the rest keeps its pseudo-labels.
     """
 
     rounds: int = 2
@@ -94,8 +121,13 @@ class PseudoConfig:
     max_keep: float = 0.5
     mi_quantile: float = 0.5
     max_threshold: float = 0.9
+    min_threshold: float = 0.0
     epochs_per_round: int = 1
     source_share: float = 0.5
+    groups: bool = False
+    flip: bool = False
+    classmix: bool = False
+    lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -105,8 +137,11 @@ class PseudoConfig:
             (0 < self.max_keep <= 1, "pseudo.max_keep", f"must be in (0, 1], got {self.max_keep}"),
             (0 < self.mi_quantile <= 1, "pseudo.mi_quantile", f"must be in (0, 1], got {self.mi_quantile}"),
             (0 < self.max_threshold <= 1, "pseudo.max_threshold", f"must be in (0, 1], got {self.max_threshold}"),
+            (0 <= self.min_threshold <= self.max_threshold, "pseudo.min_threshold",
+             f"must be in [0, max_threshold], got {self.min_threshold}"),
             (self.epochs_per_round >= 1, "pseudo.epochs_per_round", f"must be >= 1, got {self.epochs_per_round}"),
             (0 <= self.source_share < 1, "pseudo.source_share", f"must be in [0, 1), got {self.source_share}"),
+            (0 < self.lr_scale <= 10, "pseudo.lr_scale", f"must be in (0, 10], got {self.lr_scale}"),
         ]
         for ok, name, message in checks:
             if not ok:
@@ -204,9 +239,16 @@ class PseudoLabels:
 
 
 def ensemble_pixel_scores(
-    model: Ensemble, frames: LabeledFrames, batch_size: int = 16
+    model: Ensemble, frames: LabeledFrames, batch_size: int = 16, *, groups: NDArray[np.float32] | None = None,
+    flip: bool = False,
 ) -> tuple[NDArray[np.uint8], NDArray[np.float32], NDArray[np.float32]]:
-    """(predicted class [N, H, W], mean confidence [N, H, W], mutual information [N, H, W]) of the ensemble."""
+    """(predicted class [N, H, W], mean confidence [N, H, W], mutual information [N, H, W]) of the ensemble.
+
+    Args:
+        groups: ``[G, C]`` 0/1 membership matrix (``TaxonomyMapping.matrix``): score the groups, each one's
+            probability the sum of its classes' (per member), and predict group ids; None: the classes.
+        flip: average every member's probabilities over the frame and its mirror image (flipped back).
+    """
     n, (h, w) = len(frames), frames.size
     pred = np.empty((n, h, w), np.uint8)
     conf = np.empty((n, h, w), np.float32)
@@ -214,12 +256,19 @@ def ensemble_pixel_scores(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    matrix = None if groups is None else torch.as_tensor(groups, dtype=torch.float32)
     try:
         with torch.no_grad():
             for index in batches(n, batch_size, shuffle=False):
                 images, _ = to_tensors(frames, index)
-                probs, _ = model(images.to(device))  # [K, B, C, H, W]
+                images = images.to(device)
+                probs, _ = model(images)  # [K, B, C, H, W]
                 probs = probs.float().cpu()
+                if flip:
+                    mirrored, _ = model(images.flip(-1))
+                    probs = 0.5 * (probs + mirrored.float().cpu().flip(-1))
+                if matrix is not None:
+                    probs = torch.einsum("gc,kbchw->kbghw", matrix, probs)
                 mean = probs.mean(0)  # [B, C, H, W]
                 total = -(mean * torch.log(mean.clamp_min(1e-12))).sum(1)  # [B, H, W] entropy of the mean
                 expected = -(probs * torch.log(probs.clamp_min(1e-12))).sum(2).mean(0)  # [B, H, W]
@@ -233,7 +282,7 @@ def ensemble_pixel_scores(
 
 def class_balanced_pseudo_labels(
     pred: NDArray[np.uint8], conf: NDArray[np.float32], mi: NDArray[np.float32], *, keep: float,
-    mi_quantile: float, max_threshold: float, num_classes: int, void: int = VOID,
+    mi_quantile: float, max_threshold: float, num_classes: int, void: int = VOID, min_threshold: float = 0.0,
 ) -> tuple[NDArray[np.uint8], dict[int, float], float]:
     """Pixel targets where members agree and the mean is confident, with a confidence threshold per class.
 
@@ -242,6 +291,7 @@ def class_balanced_pseudo_labels(
         keep: per class, the share of its agreeing pixels kept (the top ``keep`` by confidence).
         mi_quantile: pixels with MI above this quantile of all pixels' MI are void.
         max_threshold: cap of every class threshold.
+        min_threshold: floor of every class threshold (applied after the cap).
         num_classes: classes of ``pred``.
         void: the label of everything not kept.
 
@@ -256,24 +306,72 @@ def class_balanced_pseudo_labels(
         mask = agree & (pred == c)
         if not mask.any():
             continue
-        thr = min(float(np.quantile(conf[mask], 1.0 - keep)), max_threshold)
+        thr = max(min(float(np.quantile(conf[mask], 1.0 - keep)), max_threshold), min_threshold)
         thresholds[c] = thr
         labels[mask & (conf >= thr)] = c
     return labels, thresholds, mi_thr
 
 
 def pseudo_label(model: Ensemble, frames: LabeledFrames, cfg: PseudoConfig, round_index: int = 0,
-                 batch_size: int = 16) -> PseudoLabels:
-    """Pseudo-label ``frames`` (their labels are ignored) with the ensemble at round ``round_index``."""
-    pred, conf, mi = ensemble_pixel_scores(model, frames, batch_size)
+                 batch_size: int = 16, coarse: TaxonomyMapping | None = None) -> PseudoLabels:
+    """Pseudo-label ``frames`` (their labels are ignored) with the ensemble at round ``round_index``.
+
+    With ``cfg.groups`` the labels are the groups of ``coarse`` in the trainer's coarse encoding
+    (``COARSE_BASE + g``) and the thresholds are per group.
+
+    Raises:
+        ConfigError: ``cfg.groups`` without a coarse mapping.
+    """
+    if cfg.groups and coarse is None:
+        raise ConfigError("group pseudo-labels need the coarse taxonomy the run trains with", "train.coarse_taxonomy")
+    matrix = coarse.matrix if cfg.groups and coarse is not None else None
+    pred, conf, mi = ensemble_pixel_scores(model, frames, batch_size, groups=matrix, flip=cfg.flip)
+    num = model.num_classes if matrix is None else matrix.shape[0]
     labels, thresholds, mi_thr = class_balanced_pseudo_labels(
         pred, conf, mi, keep=cfg.keep_at(round_index), mi_quantile=cfg.mi_quantile,
-        max_threshold=cfg.max_threshold, num_classes=model.num_classes,
+        max_threshold=cfg.max_threshold, num_classes=num, void=255, min_threshold=cfg.min_threshold,
     )
-    kept = int((labels != VOID).sum())
+    kept_mask = labels != 255
+    if matrix is not None:
+        labels = np.where(kept_mask, labels.astype(np.int64) + COARSE_BASE, VOID).astype(np.uint8)
+    else:
+        labels[~kept_mask] = VOID
+    kept = int(kept_mask.sum())
     out = LabeledFrames(frames.images, labels, [f"{f}+pseudo" for f in frames.frame_ids], list(frames.slices),
                         list(frames.sequences))
     return PseudoLabels(out, thresholds, mi_thr, kept, kept / max(labels.size, 1))
+
+
+def class_mix(target: LabeledFrames, labeled: LabeledFrames, rng: np.random.Generator,
+              void: int = VOID) -> tuple[LabeledFrames, list[str]]:
+    """Cross-domain ClassMix: paste half the classes of a random labeled frame onto every target frame.
+
+    For target frame ``i`` a labeled frame ``j`` is drawn; of the label values present in ``j`` (void
+    excluded; fine ids and coarse-encoded groups alike) ``ceil(n / 2)`` are drawn, and where ``j``'s label
+    is one of them both the pixel and the label of ``j`` replace the target's. Elsewhere the target frame
+    keeps its own pixels and (pseudo-)labels. Frame ids, slices and sequences stay the target's: the frame
+    is still the pseudo-labeled target frame, with labeled pixels on it.
+
+    Returns:
+        (the mixed frames, the ids of the labeled frames pasted from, one per target frame).
+    """
+    if len(labeled) == 0:
+        raise TrainerError("ClassMix needs labeled frames to paste from")
+    if labeled.size != target.size:
+        raise TrainerError(f"ClassMix: labeled frames are {labeled.size}, target frames {target.size}")
+    images, labels = target.images.copy(), target.labels.copy()
+    sources: list[str] = []
+    for i, j in enumerate(rng.integers(len(labeled), size=len(target))):
+        lab = labeled.labels[j]
+        present = np.unique(lab[lab != void])
+        sources.append(labeled.frame_ids[j])
+        if not len(present):
+            continue
+        chosen = rng.choice(present, (len(present) + 1) // 2, replace=False)
+        mask = np.isin(lab, chosen)
+        images[i][mask] = labeled.images[j][mask]
+        labels[i][mask] = lab[mask]
+    return LabeledFrames(images, labels, list(target.frame_ids), list(target.slices), list(target.sequences)), sources
 
 
 # -- the adaptation run -----------------------------------------------------------------------------------
@@ -293,6 +391,10 @@ class AdaptConfig:
             fine-tuning of zero-shot models", CVPR 2022: the average keeps most of the target gain and
             forgets less of the source); 1: the fine-tuned weights as they are. With ``adabn`` the
             BatchNorm statistics are re-estimated on the interpolated weights.
+        source_bn: at the end, every BatchNorm's statistics are re-estimated on the source frames (labels
+            unused; :func:`adabn` on the ``max_source_frames`` subset): training on target frames moved the
+            running statistics towards the target mix, and the source condition is normalised with its own
+            statistics again. Not with ``adabn`` (which sets them from the target frames on purpose).
     """
 
     methods: tuple[str, ...]
@@ -301,9 +403,13 @@ class AdaptConfig:
     adabn_source_share: float = 1.0
     max_source_frames: int | None = None
     interpolate: float = 1.0
+    source_bn: bool = False
 
     def __post_init__(self) -> None:
         self.methods = parse_methods(self.methods)
+        if self.source_bn and "adabn" in self.methods:
+            raise ConfigError("source_bn re-estimates the statistics on the source frames; adabn on the target "
+                              "frames: pick one", "source_bn")
         if not 0 < self.interpolate <= 1:
             raise ConfigError(f"must be in (0, 1], got {self.interpolate}", "interpolate")
         if self.adabn_source_share < 0:
@@ -367,8 +473,11 @@ def adapt(
     train_cfg = cfg.train
     stage = 0
 
-    def fit(frames: LabeledFrames, epochs: int, pseudo: LabeledFrames | None = None) -> tuple[int, int]:
+    def fit(frames: LabeledFrames, epochs: int, pseudo: LabeledFrames | None = None, mix: bool = False) -> tuple[int, int]:
         """Train on ``frames`` (source subsampled to ``max_source_frames``) and, balanced, ``pseudo``.
+
+        With ``mix`` every pseudo-labeled frame trained on gets classes of one of this stage's labeled
+        frames pasted onto it (:func:`class_mix`).
 
         Returns:
             (labeled frames, pseudo-labeled frames) trained on.
@@ -390,9 +499,13 @@ def adapt(
             if limit is not None and len(pseudo) > limit:
                 pseudo = pseudo.subset(np.sort(rng.choice(len(pseudo), limit, replace=False)))
             pseudo_used.update(pseudo.frame_ids)
+            if mix:
+                pseudo, pasted = class_mix(pseudo, picked, np.random.default_rng([train_cfg.seed, stage, 1]))
+                used.update(pasted)
             counts = (len(picked), len(pseudo))
             picked = LabeledFrames.concat([picked, pseudo])
-        train_ensemble(model, picked, replace(train_cfg, epochs=epochs, seed=train_cfg.seed + stage), None,
+        lr = train_cfg.lr * (cfg.pseudo.lr_scale if pseudo is not None else 1.0)
+        train_ensemble(model, picked, replace(train_cfg, epochs=epochs, seed=train_cfg.seed + stage, lr=lr), None,
                        resume=False, styles=target.images if len(target) else None)
         stage += 1
         return counts
@@ -406,15 +519,18 @@ def adapt(
         fit(labeled, train_cfg.epochs)
     if "adabn" in cfg.methods:
         adabn(model, _adabn_pool(source, target, cfg.adabn_source_share, train_cfg.seed), train_cfg.eval_batch)
-    if "pseudo" in cfg.methods:
-        for r in range(cfg.pseudo.rounds):
-            pl = pseudo_label(model, target, cfg.pseudo, r, train_cfg.eval_batch)
-            record.rounds.append({"round": r + 1, "keep": cfg.pseudo.keep_at(r), "pixels": pl.pixels,
+    if "pseudo" in cfg.methods or "mix" in cfg.methods:
+        pcfg = replace(cfg.pseudo, classmix=True) if "mix" in cfg.methods else cfg.pseudo
+        coarse = coarse_mapping(train_cfg.coarse_taxonomy)
+        for r in range(pcfg.rounds):
+            pl = pseudo_label(model, target, pcfg, r, train_cfg.eval_batch, coarse)
+            record.rounds.append({"round": r + 1, "keep": pcfg.keep_at(r), "pixels": pl.pixels,
                                   "share": round(pl.share, 4), "mi_threshold": pl.mi_threshold,
-                                  "thresholds": {str(k): round(v, 4) for k, v in pl.thresholds.items()}})
+                                  "thresholds": {str(k): round(v, 4) for k, v in pl.thresholds.items()},
+                                  "groups": pcfg.groups, "flip": pcfg.flip, "classmix": pcfg.classmix})
             log.info("pseudo-label round %d: %.1f%% of target pixels kept", r + 1, 100 * pl.share)
             record.rounds[-1]["labeled_frames"], record.rounds[-1]["pseudo_frames"] = fit(
-                labeled, cfg.pseudo.epochs_per_round, pl.frames)
+                labeled, pcfg.epochs_per_round, pl.frames, mix=pcfg.classmix)
             record.pseudo_pixels, record.pseudo_pixel_share = pl.pixels, pl.share
             if "adabn" in cfg.methods:  # training moved the statistics towards the training mix; re-estimate
                 adabn(model, _adabn_pool(source, target, cfg.adabn_source_share, train_cfg.seed), train_cfg.eval_batch)
@@ -423,6 +539,8 @@ def adapt(
         interpolate_weights(model, initial, cfg.interpolate)
         if "adabn" in cfg.methods:
             adabn(model, _adabn_pool(source, target, cfg.adabn_source_share, train_cfg.seed), train_cfg.eval_batch)
+    if cfg.source_bn and stage > 0:
+        adabn(model, _subsample(source, cfg.max_source_frames, train_cfg.seed), train_cfg.eval_batch)
     record.labels_used = len(used)
     model.eval().cpu()
     record.seconds = time.perf_counter() - t0

@@ -13,17 +13,21 @@ from torch import nn
 from avminer.catalog.catalog import open_catalog
 from avminer.errors import ConfigError
 from avminer.models import build_ensemble, erfnet_arch
+from avminer.taxonomy import CAMVID_TO_IDD_LEVEL1
 from avminer.trainer.adapt import (
     AdaptConfig,
     PseudoConfig,
     adabn,
     adapt,
     class_balanced_pseudo_labels,
+    class_mix,
+    ensemble_pixel_scores,
     interpolate_weights,
     parse_methods,
     pseudo_label,
     record_pseudo_labels,
 )
+from avminer.trainer.coarse import COARSE_BASE
 from avminer.trainer.data import VOID, LabeledFrames
 from avminer.trainer.train import TrainConfig, evaluate, train_ensemble
 from tests.sinks import factories as f
@@ -97,6 +101,9 @@ def test_methods_parse_in_order_and_bad_ones_are_named() -> None:
     assert parse_methods("none") == ()
     with pytest.raises(ConfigError, match="--adapt.*tent"):
         parse_methods("synth,tent")
+    with pytest.raises(ConfigError, match="two forms of self-training"):
+        parse_methods("pseudo,mix")
+    assert parse_methods("mix,synth") == ("synth", "mix")
     with pytest.raises(ConfigError, match="pseudo.keep"):
         PseudoConfig(keep=0)
     with pytest.raises(ConfigError, match="synth_mix.dusk"):
@@ -225,3 +232,80 @@ def test_adapt_with_interpolation_returns_the_average_of_start_and_fine_tuned_we
             torch.testing.assert_close(value, (begin[name] + end[name]) / 2, atol=1e-5, rtol=1e-4)
             moved += int(not torch.equal(begin[name], end[name]))
     assert moved > 0  # training did move the weights
+
+
+# -- group pseudo-labels, mirrored views, cross-domain mixing ---------------------------------------------
+
+
+def test_group_pseudo_labels_are_the_argmax_of_summed_class_probabilities() -> None:
+    model = _model()
+    frames = make_frames(3, seed=6)
+    matrix = CAMVID_TO_IDD_LEVEL1.matrix
+    pred, conf, mi = ensemble_pixel_scores(model, frames, 3, groups=matrix)  # one batch, as the reference
+    model.eval()
+    with torch.no_grad():
+        probs, _ = model(torch.from_numpy(frames.images).permute(0, 3, 1, 2).float())  # [K, N, C, H, W]
+    grouped = torch.einsum("gc,kbchw->kbghw", torch.from_numpy(matrix), probs)
+    mean = grouped.mean(0)
+    assert (pred == mean.argmax(1).numpy()).mean() > 0.999  # float round-off may flip a near-tie
+    np.testing.assert_allclose(conf, mean.max(1).values.numpy(), atol=1e-4)
+    assert (mi >= 0).all() and pred.max() < matrix.shape[0]
+
+    pl = pseudo_label(model, frames, PseudoConfig(keep=0.5, groups=True), 0, batch_size=2, coarse=CAMVID_TO_IDD_LEVEL1)
+    kept = pl.frames.labels != VOID
+    assert kept.any() and (pl.frames.labels[kept] >= COARSE_BASE).all()  # trained through the group likelihood
+    np.testing.assert_array_equal(pl.frames.labels[kept] - COARSE_BASE, pred[kept])
+    assert pl.pixels == int(kept.sum())
+    with pytest.raises(ConfigError, match="coarse_taxonomy"):
+        pseudo_label(model, frames, PseudoConfig(groups=True), 0)
+
+
+def test_mirrored_view_average_is_mirror_symmetric() -> None:
+    """Averaged over a frame and its mirror, the scores of the mirrored frame are the mirrored scores."""
+    model = _model()
+    frames = make_frames(2, seed=7)
+    mirrored = LabeledFrames(frames.images[:, :, ::-1].copy(), frames.labels[:, :, ::-1].copy(), list(frames.frame_ids),
+                             list(frames.slices), list(frames.sequences))
+    _, conf, mi = ensemble_pixel_scores(model, frames, flip=True)
+    _, conf_m, mi_m = ensemble_pixel_scores(model, mirrored, flip=True)
+    np.testing.assert_allclose(conf_m, conf[:, :, ::-1], atol=1e-5)
+    np.testing.assert_allclose(mi_m, mi[:, :, ::-1], atol=1e-5)
+    _, plain, _ = ensemble_pixel_scores(model, frames)
+    assert not np.allclose(plain, conf)  # the view average changed the scores (the net is not symmetric)
+
+
+def test_class_mix_pastes_pixels_with_their_own_labels() -> None:
+    labeled = make_frames(3, seed=1)
+    target = _darker(make_frames(5, seed=4))
+    pseudo = LabeledFrames(target.images, np.where(target.labels == VOID, VOID, target.labels + COARSE_BASE).astype(np.uint8),
+                           [x + "+pseudo" for x in target.frame_ids], list(target.slices), list(target.sequences))
+    mixed, sources = class_mix(pseudo, labeled, np.random.default_rng(0))
+    assert mixed.frame_ids == pseudo.frame_ids and len(sources) == len(pseudo)
+    assert set(sources) <= set(labeled.frame_ids)
+    for i, src in enumerate(sources):
+        j = labeled.frame_ids.index(src)
+        pasted = mixed.labels[i] < COARSE_BASE  # source labels are fine ids; the target's are coarse or void
+        pasted &= mixed.labels[i] != VOID
+        present = set(np.unique(labeled.labels[j][labeled.labels[j] != VOID]).tolist())
+        chosen = set(np.unique(mixed.labels[i][pasted]).tolist())
+        assert len(chosen) == (len(present) + 1) // 2 and chosen <= present  # half the classes, whole classes
+        mask = np.isin(labeled.labels[j], list(chosen))
+        np.testing.assert_array_equal(pasted, mask)  # every pixel of a chosen class, and nothing else
+        np.testing.assert_array_equal(mixed.images[i][mask], labeled.images[j][mask])  # pixel and label together
+        np.testing.assert_array_equal(mixed.labels[i][~mask], pseudo.labels[i][~mask])
+        np.testing.assert_array_equal(mixed.images[i][~mask], pseudo.images[i][~mask])
+    np.testing.assert_array_equal(pseudo.images, target.images)  # the inputs are not modified
+
+
+def test_mix_adaptation_records_mixed_frames_as_pseudo_labels_only(day_model) -> None:
+    source = make_frames(6, seed=1)
+    target = _darker(make_frames(6, seed=4))
+    train = TrainConfig(epochs=1, batch_size=4, lr=1e-3, beta=0.0, eval_every=1000, progress=False,
+                        coarse_taxonomy="idd_level1")
+    _, record = adapt(copy.deepcopy(day_model), source, target,
+                      AdaptConfig(("mix",), train=train, pseudo=PseudoConfig(rounds=2, keep=0.5, groups=True, flip=True)))
+    assert record.methods == ("mix",) and len(record.rounds) == 2
+    assert all(r["classmix"] and r["groups"] and r["flip"] for r in record.rounds)
+    assert set(record.pseudo_frames) == {x + "+pseudo" for x in target.frame_ids}
+    assert record.labels_used == len(source) and record.target_labels_used == 0  # pasted source frames, no target labels
+    assert 0 < record.pseudo_pixel_share < 1

@@ -88,7 +88,7 @@ def test_train_run_adapt_writes_a_bundle_and_marks_pseudo_labels(folders, tmp_pa
 def test_train_run_adapt_refuses_missing_target(folders, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cv, _ = folders
     assert main(["train", "run", "--adapt", "pseudo", "--data", str(cv), "--out", str(tmp_path / "b")]) == 2
-    assert "--target: adabn and pseudo need unlabeled target frames" in capsys.readouterr().err
+    assert "--target: adabn, pseudo and mix need unlabeled target frames" in capsys.readouterr().err
     assert main(["train", "run", "--adapt", "synth", "--data", str(cv), "--out", str(tmp_path / "b")]) == 2
     assert "--target: synth's mix renders frames in the style of the target frames" in capsys.readouterr().err
     assert main(["train", "run", "--adapt", "synth,dream", "--data", str(cv), "--out", str(tmp_path / "b")]) == 2
@@ -187,6 +187,21 @@ def test_train_report_adapt_takes_a_synthetic_mix_with_appearance(folders, capsy
     assert main(["train", "report", "--adapt", "--data", str(cv), "--target-data", str(idd), "--methods", "synth",
                  "--synth-mix", "appearance=0.3,snow=0.1", "--threads", "1"]) == 2
     assert "--synth-mix.snow: unknown synthetic condition" in capsys.readouterr().err
+
+
+def test_train_report_adapt_mix_row_pseudo_labels_in_groups(folders, capsys: pytest.CaptureFixture[str]) -> None:
+    cv, idd = folders
+    rc = main(["train", "report", "--adapt", "--data", str(cv), "--target-data", str(idd), "--methods", "synth+mix",
+               "--pseudo-groups", "on", "--pseudo-flip", "on", "--source-share", "0.75", "--rounds", "1", "--seeds", "0",
+               "--epochs", "1", "--threads", "1", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["config"]["pseudo_groups"] is True and out["config"]["source_share"] == 0.75
+    assert out["config"]["mix_pseudo"] == {"groups": True, "flip": True, "source_share": 0.75}  # what the row used
+    (entry,) = out["summary"]
+    assert entry["method"] == "synth+mix" and entry["target_labels_used"] == 0  # zero target labels
+    assert entry["pseudo_frames"] > 0  # the unlabeled dusk / India frames, recorded as pseudo-labeled
+    assert entry["labels_used"] <= out["splits"]["source"]  # labeled frames are source frames only
 
 
 def test_train_run_adapt_synth_with_appearance_records_the_mix(folders, tmp_path: Path,

@@ -173,8 +173,6 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--synth-mix", metavar="C=R,...",
                         help="with --adapt: synthetic share per condition in the synth rows, e.g. "
                              "fog=0.1,dusk=0.3,appearance=0.2 (default: the adaptation's default mix)")
-
-
     parser.add_argument("--pseudo-groups", choices=("on", "off"),
                         help="with --adapt: self-training rows pseudo-label in IDD's 7 groups (on) or CamVid's "
                              "classes (off) (default: off for pseudo rows, the mix rows' setting for mix rows)")

@@ -95,10 +95,16 @@ def test_probe_and_recent_ranking_include_the_offset() -> None:
     policy = SelectionPolicy(settings, clock=FakeClock())
     run(policy, _two_slices(400, seed=3))
     scores = {"mi": 0.05, "shift": 32.0, "radar": 0.0, "novelty": 0.0}
-    before = policy.priority(DUSK, scores)[0]
+    before, day_before = policy.priority(DUSK, scores)[0], policy.priority(DAY, scores)[0]
+    policy.set_model_quality(None)  # nothing measured (and the recent frames re-ranked now, not from a cache)
+    ranked_before = policy._recent_priorities().copy()
     policy.set_model_quality({"all": {"miou": 0.5, "frames": 60}, "dusk": {"miou": 0.25, "frames": 1000}})
     assert policy.priority(DUSK, scores)[0] == pytest.approx(before + math.log10(0.5 / ((1000 * 0.25 + 4) / 1008)))
-    assert policy.priority(DAY, scores)[0] == pytest.approx(policy.priority(DAY, scores)[0])
+    assert policy.priority(DAY, scores)[0] == pytest.approx(day_before)  # day: no measured condition, no offset
+    # The threshold ranks the recent frames with the same offsets: every recent dusk frame moved up by it.
+    offset = policy.stats()[DUSK]["quality_offset"]
+    n_dusk = len(policy._recent.by_slice()[DUSK])
+    assert n_dusk > 0 and policy._recent_priorities().sum() == pytest.approx(ranked_before.sum() + n_dusk * offset)
     with pytest.raises(SelectionError):
         policy.set_model_quality({"all": {"miou": 2.0, "frames": 1}})
     assert policy.stats()[DUSK]["quality_offset"] > 0  # the malformed table was not kept

@@ -29,7 +29,6 @@ from avminer.models import load_ensemble  # noqa: E402
 from avminer.taxonomy import CAMVID_TO_IDD_LEVEL1, IDD_LEVEL1  # noqa: E402
 from avminer.trainer.adapt import AdaptConfig, PseudoConfig, adapt, ensemble_pixel_scores, pseudo_label  # noqa: E402
 from avminer.trainer.coarse import COARSE_BASE  # noqa: E402
-from avminer.trainer.data import VOID  # noqa: E402
 from avminer.trainer.train import TrainConfig, set_threads  # noqa: E402
 
 STARTER = Path(__file__).resolve().parents[1] / "avminer" / "data" / "starter_bundle"
@@ -37,13 +36,9 @@ STARTER = Path(__file__).resolve().parents[1] / "avminer" / "data" / "starter_bu
 
 def to_groups(labels: np.ndarray) -> np.ndarray:
     """Pseudo-labels (fine ids or coarse-encoded groups, VOID) -> IDD group ids, 255 where not kept."""
-    fine_to_group = np.full(256, 255, np.int64)
-    for g in range(IDD_LEVEL1.num_classes):
-        for c in np.flatnonzero(CAMVID_TO_IDD_LEVEL1.matrix[g]):
-            fine_to_group[c] = g
-        fine_to_group[COARSE_BASE + g] = g
-    fine_to_group[VOID] = 255
-    return fine_to_group[labels.astype(np.int64)]
+    groups = np.where(labels >= COARSE_BASE, labels.astype(np.int64) - COARSE_BASE,
+                      CAMVID_TO_IDD_LEVEL1.map_labels(labels))  # fine VOID -> the groups' void
+    return np.where(groups == IDD_LEVEL1.void, 255, groups)
 
 
 def score(kept: np.ndarray, truth: np.ndarray) -> dict[str, object]:

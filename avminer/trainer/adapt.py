@@ -110,9 +110,9 @@ class PseudoConfig:
         flip: the ensemble's probabilities are averaged over the frame and its mirror image before the
             pseudo-labels are chosen.
         lr_scale: the self-training rounds train at this multiple of the fine-tuning learning rate.
-        classmix: cross-domain mixing (DACS, Tranheden et al., WACV 2021, with ClassMix's class masks,
-            Olsson et al. 2021): every pseudo-labeled target frame gets the pixels of half the classes of a
-            random labeled frame pasted onto it, with their labels; the rest keeps its pseudo-labels.
+
+    Whether the pseudo-labeled frames are mixed with labeled ones is the method's choice (``mix``, not
+    ``pseudo``), not a setting here.
     """
 
     rounds: int = 2
@@ -126,7 +126,6 @@ class PseudoConfig:
     source_share: float = 0.5
     groups: bool = False
     flip: bool = False
-    classmix: bool = False
     lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
@@ -520,17 +519,17 @@ def adapt(
     if "adabn" in cfg.methods:
         adabn(model, _adabn_pool(source, target, cfg.adabn_source_share, train_cfg.seed), train_cfg.eval_batch)
     if "pseudo" in cfg.methods or "mix" in cfg.methods:
-        pcfg = replace(cfg.pseudo, classmix=True) if "mix" in cfg.methods else cfg.pseudo
+        pcfg, mix = cfg.pseudo, "mix" in cfg.methods
         coarse = coarse_mapping(train_cfg.coarse_taxonomy)
         for r in range(pcfg.rounds):
             pl = pseudo_label(model, target, pcfg, r, train_cfg.eval_batch, coarse)
             record.rounds.append({"round": r + 1, "keep": pcfg.keep_at(r), "pixels": pl.pixels,
                                   "share": round(pl.share, 4), "mi_threshold": pl.mi_threshold,
                                   "thresholds": {str(k): round(v, 4) for k, v in pl.thresholds.items()},
-                                  "groups": pcfg.groups, "flip": pcfg.flip, "classmix": pcfg.classmix})
+                                  "groups": pcfg.groups, "flip": pcfg.flip, "classmix": mix})
             log.info("pseudo-label round %d: %.1f%% of target pixels kept", r + 1, 100 * pl.share)
             record.rounds[-1]["labeled_frames"], record.rounds[-1]["pseudo_frames"] = fit(
-                labeled, pcfg.epochs_per_round, pl.frames, mix=pcfg.classmix)
+                labeled, pcfg.epochs_per_round, pl.frames, mix=mix)
             record.pseudo_pixels, record.pseudo_pixel_share = pl.pixels, pl.share
             if "adabn" in cfg.methods:  # training moved the statistics towards the training mix; re-estimate
                 adabn(model, _adabn_pool(source, target, cfg.adabn_source_share, train_cfg.seed), train_cfg.eval_batch)

@@ -35,6 +35,8 @@ def register(sub: Any) -> None:
     p.add_argument("--budget", type=float, help="labels per round as a fraction of the segment (default 0.03)")
     p.add_argument("--size", help="model input HxW, multiples of 8 (default 96x128)")
     p.add_argument("--steps", type=int, help="optimiser steps per fine-tuning (default 40)")
+    p.add_argument("--initial-epochs", type=int,
+                   help="epochs the starting model is fine-tuned on the base frames at --size first (default 4)")
     p.add_argument("--no-gates", action="store_true", help="release every candidate (diagnosis)")
     p.add_argument("--bundle", help="starting model bundle (default: the starter bundle)")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (each --threads threads)")
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         seeds=list(range(args.seeds)), gates=not args.no_gates, jobs=args.jobs, threads=args.threads,
         out=Path(args.out), initial_bundle=Path(args.bundle) if args.bundle else None,
     )
-    for name in ("rounds", "budget", "steps"):
+    for name in ("rounds", "budget", "steps", "initial_epochs"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.size:
@@ -118,6 +120,11 @@ def print_summary(report: dict[str, Any], say: Any) -> None:
             + (f"with {g['labels_to_reach_random_final']:.0f} labels ({frac:.0%})" if frac is not None
                else "-- random did not improve on the starting model" if not g["random_improved_worst"] else "never")
             + "; beats by > spread, same round: " + ", ".join(f"{b} {sum(v)}/{len(v)}" for b, v in g["beats_by_more_than_spread"].items()))
+        day = [d for d in g["day_vs_random"] if d]
+        if day:
+            say(f"  day vs random ({day[-1]['condition']}): below by " + "  ".join(
+                f"{d['gap']:+.3f} (spread {d['spread']:.3f}{', within' if d['within_spread'] else ', beyond'})"
+                for d in day))
         for b, rows in g["at_equal_labels"].items():
             say(f"  vs {b} at equal labels: " + "  ".join(
                 f"{r['labels']:.0f}: {r['mine']:.3f} vs " + (f"{r['theirs']:.3f} (spread {r['spread']:.3f}"

@@ -167,6 +167,9 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, help="with --adapt: fine-tuning learning rate (default 5e-4)")
     parser.add_argument("--interpolate", type=float, metavar="A",
                         help="with --adapt: the +wise rows' weights are (1 - A) * starting + A * fine-tuned (default 0.5)")
+    parser.add_argument("--interpolate-sweep", metavar="A,B,...",
+                        help="with --adapt: train each +wise row once per seed and score it at every weight given "
+                             "(rows ROW@A; for choosing the weight with --validation)")
     parser.add_argument("--source-share", type=float, metavar="S",
                         help="with --adapt: least share of labeled frames in every self-training epoch (default 0.5 "
                              "in pseudo rows, 0.75 in mix rows; 0: every pseudo-labeled frame)")
@@ -221,6 +224,12 @@ def run_report(args: argparse.Namespace) -> int:
             overrides[key] = getattr(args, flag)
     if args.seeds:
         overrides["seeds"] = tuple(args.seeds)
+    if args.interpolate_sweep:
+        try:
+            overrides["interpolate_sweep"] = tuple(float(a) for a in args.interpolate_sweep.split(","))
+        except ValueError:
+            raise ConfigError(f"expected comma-separated weights, got {args.interpolate_sweep!r}",
+                              "--interpolate-sweep") from None
     if args.source_share is not None:
         overrides["source_share"] = args.source_share
     if args.synth_mix:

@@ -26,7 +26,9 @@ ClassMix, DACS-style, pseudo-labels in IDD's groups: :data:`MIX_PSEUDO`), ``labe
 information, as the miner ranks them — labeled in IDD's groups, plus pseudo-labels on the rest and on
 dusk), ``labels_all`` (every adaptation frame's label: India in IDD groups, dusk in CamVid classes).
 A ``+wise`` row returns the weights averaged with the starting ones (``interpolate``; WiSE-FT, see
-:class:`avminer.trainer.adapt.AdaptConfig`).
+:class:`avminer.trainer.adapt.AdaptConfig`). ``interpolate_sweep`` (``--interpolate-sweep``, for choosing that
+weight on the validation slices) trains a ``+wise`` row once per seed and scores it at every weight of the
+sweep (rows ``<row>@<a>``).
 """
 
 from __future__ import annotations
@@ -48,8 +50,12 @@ from avminer.trainer.data import LabeledFrames, load_camvid
 log = logging.getLogger(__name__)
 
 ROWS = ("baseline", "adabn", "synth", "pseudo", "synth+adabn", "synth+adabn+pseudo", "synth+adabn+pseudo+wise",
-        "synth+pseudo", "synth+mix", "labels50+pseudo", "labels_all")
+        "synth+pseudo", "synth+mix", "synth+mix+wise", "labels50+pseudo", "labels_all")
 """Report rows (methods and label budgets), in table order."""
+
+DEFAULT_ROWS = tuple(r for r in ROWS if r != "synth+mix+wise")
+"""The report's rows unless ``--methods`` names others. ``synth+mix+wise`` is not among them: on the validation
+slices no weight below 1 beat the plain ``synth+mix`` (README, Domain adaptation)."""
 
 CONDITIONS = ("cambridge_uk/day", "cambridge_uk/dusk", "india/day")
 
@@ -169,6 +175,9 @@ class AdaptReportConfig:
             0.5 in ``pseudo`` rows, :data:`MIX_PSEUDO`'s in ``mix`` rows.
         interpolate: in ``+wise`` rows, the weight of the fine-tuned weights against the starting ones
             (``AdaptConfig.interpolate``); other rows return the fine-tuned weights.
+        interpolate_sweep: with weights here, every ``+wise`` row is adapted once per seed and scored at each
+            of them (rows ``<row>@<a>``, ``interpolate`` unused): for choosing the weight on the validation
+            slices.
         synth_mix: synthetic share per condition in ``synth`` rows (:class:`avminer.trainer.synth.SynthMix`);
             empty: :data:`avminer.trainer.adapt.DEFAULT_SYNTH_MIX`.
         pseudo_groups, pseudo_flip: pseudo-labels in IDD's groups, from mirror-averaged probabilities
@@ -180,7 +189,7 @@ class AdaptReportConfig:
     camvid: Path
     idd: Path
     bundle: Path
-    rows: tuple[str, ...] = ROWS
+    rows: tuple[str, ...] = DEFAULT_ROWS
     seeds: tuple[int, ...] = (0, 1)
     epochs: int = 2
     rounds: int = 2
@@ -193,6 +202,7 @@ class AdaptReportConfig:
     validation: bool = False
     source_share: float | None = None
     interpolate: float = 0.5
+    interpolate_sweep: tuple[float, ...] = ()
     synth_mix: dict[str, float] = field(default_factory=dict)
     pseudo_groups: bool | None = None
     pseudo_flip: bool | None = None
@@ -210,6 +220,10 @@ class AdaptReportConfig:
         if not self.seeds:
             raise ConfigError("at least one seed", "--seeds")
         SynthMix.parse(self.synth_mix, "--synth-mix")
+        for a in (*self.interpolate_sweep, self.interpolate):
+            if not 0 < a <= 1:
+                raise ConfigError(f"weights must be in (0, 1], got {a}",
+                                  "--interpolate-sweep" if a in self.interpolate_sweep else "--interpolate")
 
     @classmethod
     def quick(cls, camvid: Path, idd: Path, bundle: Path, **overrides: Any) -> AdaptReportConfig:
@@ -324,6 +338,7 @@ def run_adapt_report(cfg: AdaptReportConfig) -> AdaptReport:
     size = (bundle.input_height, bundle.input_width)
     splits = adaptation_splits(cfg.camvid, cfg.idd, size, thin=cfg.thin, validation=cfg.validation)
     base_model = load_ensemble(bundle.torch_path)
+    base_state = {k: v.detach().clone() for k, v in base_model.state_dict().items()}
 
     def score(model: Any) -> dict[str, float]:
         report = evaluate(ensemble_predictor(model), splits.eval_slices)
@@ -338,12 +353,14 @@ def run_adapt_report(cfg: AdaptReportConfig) -> AdaptReport:
             log.info("%s: %s", row, rows[-1].miou)
             continue
         for seed in cfg.seeds:
-            wise = row.endswith("+wise")
+            averaged = row.endswith("+wise")
             methods = {"labels50+pseudo": ("pseudo",), "labels_all": ()}.get(row, tuple(row.removesuffix("+wise").split("+")))
+            sweep = cfg.interpolate_sweep if averaged else ()
+            weight = cfg.interpolate if averaged and not sweep else 1.0
             train = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, seed=seed, threads=cfg.threads, eval_every=10_000,
                                 progress=cfg.progress, coarse_taxonomy=IDD_LEVEL1.name, synth_mix=dict(cfg.synth_mix))
             acfg = AdaptConfig(methods, train=train, pseudo=pseudo_settings(cfg, "mix" in methods),
-                               max_source_frames=cfg.max_source_frames, interpolate=cfg.interpolate if wise else 1.0,
+                               max_source_frames=cfg.max_source_frames, interpolate=weight,
                                source_bn=cfg.source_bn and "adabn" not in methods)
             target, labeled = splits.target, None
             if row == "labels50+pseudo":
@@ -356,9 +373,12 @@ def run_adapt_report(cfg: AdaptReportConfig) -> AdaptReport:
                 labeled = LabeledFrames.concat([splits.india_labeled, splits.dusk_labeled])
             model = copy.deepcopy(base_model)
             _, record = adapt(model, splits.source, target, acfg, target_labeled=labeled)
-            rows.append(AdaptRow(row, seed, score(model), record.labels_used, record.target_labels_used,
-                                 len(record.pseudo_frames), record.pseudo_pixel_share, record.seconds))
-            log.info("%s seed %d: %s (%.0f s)", row, seed, rows[-1].miou, record.seconds)
+            for name, variant in ([(row, model)] if not sweep else
+                                  [(f"{row}@{a:g}", _averaged(model, base_state, a, acfg, splits.source, target))
+                                   for a in sweep]):
+                rows.append(AdaptRow(name, seed, score(variant), record.labels_used, record.target_labels_used,
+                                     len(record.pseudo_frames), record.pseudo_pixel_share, record.seconds))
+                log.info("%s seed %d: %s (%.0f s)", name, seed, rows[-1].miou, record.seconds)
     conf = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()}
     conf["mix_pseudo"] = {k: getattr(pseudo_settings(cfg, True), k) for k in ("groups", "flip", "source_share")}
     sizes = {"source": len(splits.source), "target_unlabeled": len(splits.target),
@@ -367,3 +387,13 @@ def run_adapt_report(cfg: AdaptReportConfig) -> AdaptReport:
              ("india_eval_unused" if cfg.validation else "india_val_unused"): splits.india_unused_frames}
     return AdaptReport(rows, conf, sizes)
 
+
+def _averaged(model: Any, initial: dict[str, Any], a: float, acfg: Any, source: LabeledFrames,
+              target: LabeledFrames) -> Any:
+    """A copy of the adapted ``model`` with its weights averaged with ``initial`` at weight ``a`` (1: the copy)."""
+    from avminer.trainer.adapt import wise
+
+    out = copy.deepcopy(model)
+    if a < 1:
+        wise(out, initial, a, acfg, source, target)
+    return out

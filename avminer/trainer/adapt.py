@@ -440,6 +440,18 @@ def interpolate_weights(model: nn.Module, initial: dict[str, torch.Tensor], a: f
                 value.mul_(a).add_(initial[name].to(value.device), alpha=1 - a)
 
 
+def wise(model: Ensemble, initial: dict[str, torch.Tensor], a: float, cfg: AdaptConfig, source: LabeledFrames,
+         target: LabeledFrames) -> None:
+    """In place: the adapted weights averaged with the starting ones (``AdaptConfig.interpolate``, WiSE-FT).
+
+    ``(1 - a) · initial + a · adapted`` for every floating-point parameter and buffer; with ``adabn`` among
+    the methods the BatchNorm statistics are then re-estimated on the target pool, as :func:`adapt` leaves them.
+    """
+    interpolate_weights(model, initial, a)
+    if "adabn" in cfg.methods:
+        adabn(model, _adabn_pool(source, target, cfg.adabn_source_share, cfg.train.seed), cfg.train.eval_batch)
+
+
 def adapt(
     model: Ensemble,
     source: LabeledFrames,
@@ -535,9 +547,7 @@ def adapt(
                 adabn(model, _adabn_pool(source, target, cfg.adabn_source_share, train_cfg.seed), train_cfg.eval_batch)
         record.pseudo_frames = sorted(pseudo_used)
     if initial is not None and stage > 0:
-        interpolate_weights(model, initial, cfg.interpolate)
-        if "adabn" in cfg.methods:
-            adabn(model, _adabn_pool(source, target, cfg.adabn_source_share, train_cfg.seed), train_cfg.eval_batch)
+        wise(model, initial, cfg.interpolate, cfg, source, target)
     if cfg.source_bn and stage > 0:
         adabn(model, _subsample(source, cfg.max_source_frames, train_cfg.seed), train_cfg.eval_batch)
     record.labels_used = len(used)

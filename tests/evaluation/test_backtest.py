@@ -11,6 +11,7 @@ import pytest
 
 from avminer.config import load_settings
 from avminer.datasets.fleet import FleetSpec, build_fleet
+from avminer.errors import DatasetError
 from avminer.evaluation.backtest import (
     _Data,
     _interp_labels_to_reach,
@@ -67,6 +68,8 @@ def test_quick_backtest_end_to_end(fleet: Path, tmp_path: Path) -> None:
     # A resumed backtest with the same settings reuses the finished runs instead of running them again.
     again = run_backtest(cfg, settings, report_only=True)
     assert again["runs"] == report["runs"]
+    with pytest.raises(DatasetError, match="no finished run"):  # other settings: nothing to summarise, no empty report
+        run_backtest(replace(cfg, steps=cfg.steps + 1), settings, report_only=True)
     # An interrupted run (its round folders there, no result.json) starts over: the requests it wrote
     # are not answered twice.
     (tmp_path / "bt" / "runs" / "random-s0" / "result.json").unlink()
@@ -114,12 +117,12 @@ def test_summary_measures_reach_and_spread() -> None:
     assert _interp_labels_to_reach([0, 10, 20], [0.1, 0.2, 0.4], 0.3) == pytest.approx(15.0)
     assert _interp_labels_to_reach([0, 10], [0.1, 0.2], 0.5) is None
 
-    def run(strategy: str, seed: int, worst: list[float], labels: list[int]) -> dict:
+    def run(strategy: str, seed: int, worst: list[float], labels: list[int], day: float = 0.5) -> dict:
         rounds = []
         for w, n in zip(worst, labels, strict=True):
             rounds.append({"worst": w, "labels_total": n, "worst_condition": "x/dusk", "released": True,
                            "seconds": {"total": 1.0}, "bought_by_condition": {"dusk": 2, "day": 2} if strategy == "adaptive"
-                           else {"day": 4}, "eval": {"conditions": {"x/day": {"miou_common": 0.5},
+                           else {"day": 4}, "eval": {"conditions": {"x/day": {"miou_common": day},
                                                                     "x/dusk": {"miou_common": w}}}})
         return {"strategy": strategy, "seed": seed, "rounds": rounds}
 
@@ -147,6 +150,13 @@ def test_summary_measures_reach_and_spread() -> None:
     flat = summarise(runs, {"worst_miou_common": 0.5, "worst_condition": "x/dusk"}, {"day": 95, "dusk": 5}, cfg)
     assert flat["goals"]["adaptive"]["labels_to_reach_random_final"] is None
     assert flat["goals"]["adaptive"]["random_improved_worst"] is False
+    # Day against random: the gap of the means, judged against the larger of the two seed ranges.
+    assert goals["day_vs_random"][0] == {"condition": "x/day", "gap": 0.0, "spread": 0.0, "within_spread": True}
+    days = [run("random", 0, [0.10, 0.20], [10, 20], day=0.52), run("random", 1, [0.12, 0.22], [10, 20], day=0.50),
+            run("adaptive", 0, [0.30, 0.40], [5, 10], day=0.48), run("adaptive", 1, [0.31, 0.41], [5, 10], day=0.47)]
+    (gap, _) = summarise(days, {"worst_miou_common": 0.05, "worst_condition": "x/dusk"}, {"day": 95, "dusk": 5},
+                         cfg)["goals"]["adaptive"]["day_vs_random"]
+    assert gap["gap"] == pytest.approx(0.035) and gap["spread"] == pytest.approx(0.02) and not gap["within_spread"]
 
 
 def test_bald_baseline_runs_the_torch_engine_with_mc_dropout(fleet: Path, tmp_path: Path) -> None:
@@ -179,3 +189,34 @@ def test_run_key_follows_what_a_run_reads() -> None:
     policy = load_settings(None, environ={}, overrides={"selection": {"warmup_frames": 7}})
     assert run_key(cfg, base) == run_key(cfg, broker) != run_key(cfg, policy)
     assert run_key(cfg, base) != run_key(replace(cfg, steps=cfg.steps + 1), base)
+
+
+def test_the_starting_model_is_fine_tuned_at_the_backtest_size_once(fleet: Path, tmp_path: Path) -> None:
+    """The starter is trained at another input size: the backtest's production model is first fine-tuned on the
+    base frames at its own size (so no run gains from that alone), recorded in its manifest and reused while
+    what made it is unchanged."""
+    import torch
+
+    from avminer.engines import default_bundle_path
+    from avminer.engines.bundle import load_bundle
+    from avminer.evaluation.backtest import prepare_initial
+    from avminer.models import load_ensemble
+    from avminer.trainer.data import load_camvid
+
+    cfg = _cfg(fleet, tmp_path / "bt", initial_epochs=1)
+    base = load_camvid(cfg.base, cfg.size)
+    out = prepare_initial(cfg, base)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["trained_on"]["epochs"] == 1 and manifest["trained_on"]["base_frames"] == len(base)
+    assert [manifest["input"]["height"], manifest["input"]["width"]] == list(cfg.size)
+    stamp = (out / "model.pt").stat().st_mtime_ns
+    assert prepare_initial(cfg, base) == out and (out / "model.pt").stat().st_mtime_ns == stamp  # reused
+    untouched = prepare_initial(replace(cfg, initial_epochs=0), base)  # other settings: made again
+    assert json.loads((untouched / "manifest.json").read_text())["trained_on"]["epochs"] == 0
+    tuned_again = prepare_initial(cfg, base)
+    starter = load_ensemble(load_bundle(default_bundle_path()).torch_path)
+    moved = [k for k, v in load_ensemble(tuned_again / "model.pt").state_dict().items()
+             if v.is_floating_point() and not torch.equal(v, starter.state_dict()[k])]
+    assert moved  # the fine-tuning changed the weights
+    with pytest.raises(DatasetError, match="initial_epochs"):
+        replace(cfg, initial_epochs=-1).validate()

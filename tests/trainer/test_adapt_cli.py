@@ -13,7 +13,7 @@ from avminer.catalog.catalog import open_catalog
 from avminer.cli.main import main
 from avminer.engines.bundle import load_bundle
 from avminer.errors import DatasetError
-from avminer.evaluation.adaptation import adaptation_splits, india_role
+from avminer.evaluation.adaptation import DEFAULT_ROWS, adaptation_splits, india_role
 from avminer.taxonomy import CAMVID, IDD_LEVEL1
 from tests.sinks import factories as f
 
@@ -214,3 +214,28 @@ def test_train_run_adapt_synth_with_appearance_records_the_mix(folders, tmp_path
     assert json.loads(capsys.readouterr().out)["adaptation"]["methods"] == ["synth"]
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert manifest["trained_on"]["config"]["synth_mix"] == {"dusk": 0.2, "appearance": 0.5}
+
+
+def test_train_report_adapt_interpolation_sweep_scores_one_adaptation_at_every_weight(
+        folders, capsys: pytest.CaptureFixture[str]) -> None:
+    cv, idd = folders
+    common = ["train", "report", "--adapt", "--data", str(cv), "--target-data", str(idd), "--rounds", "1", "--seeds", "0",
+              "--epochs", "1", "--threads", "1", "--json"]
+
+    def rows(*extra: str) -> dict[str, dict[str, float]]:
+        assert main([*common, *extra]) == 0
+        out = json.loads(capsys.readouterr().out)
+        return {r["method"]: r["miou"] for r in out["rows"]}
+
+    swept = rows("--methods", "synth+mix+wise", "--interpolate-sweep", "0.5,1")
+    assert set(swept) == {"synth+mix+wise@0.5", "synth+mix+wise@1"}
+    # Each weight of the sweep is what a run at that weight gives: 1 is the plain row, 0.5 the --interpolate row.
+    plain = rows("--methods", "synth+mix")["synth+mix"]
+    half = rows("--methods", "synth+mix+wise", "--interpolate", "0.5")["synth+mix+wise"]
+    for cond in plain:
+        assert swept["synth+mix+wise@1"][cond] == pytest.approx(plain[cond], abs=1e-6)
+        assert swept["synth+mix+wise@0.5"][cond] == pytest.approx(half[cond], abs=1e-6)
+    # Not a row of the default report: on the validation slices no weight below 1 beat synth+mix.
+    assert "synth+mix+wise" not in DEFAULT_ROWS and "synth+mix" in DEFAULT_ROWS
+    assert main([*common, "--methods", "synth+mix+wise", "--interpolate-sweep", "0.5,1.5"]) == 2
+    assert "--interpolate-sweep: weights must be in (0, 1], got 1.5" in capsys.readouterr().err

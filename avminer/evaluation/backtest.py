@@ -1,7 +1,9 @@
 """The closed-loop fleet backtest (``avminer backtest``): does mining save labels, on the product's own code?
 
 One run = one selection policy and one seed, over a fleet stream (:mod:`avminer.datasets.fleet`) cut
-into ``rounds`` consecutive segments. Per round:
+into ``rounds`` consecutive segments. Before any run the starting bundle is fine-tuned on the base frames at
+the backtest's input size (``initial_epochs``; :func:`prepare_initial`): the production model every run starts
+from, trained at the size it is deployed at. Per round:
 
 1. **mine** the next segment with the embedded miner, :func:`avminer.mining.daemon.run_miner` — the same
    decode, engine (hot-swappable holder), scorer, selection policy (``selection.policy``, kept alive

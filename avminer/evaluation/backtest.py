@@ -764,9 +764,8 @@ def _day_gap(curve: list[dict[str, Any]], rnd: list[dict[str, Any]]) -> list[dic
             continue
         day = days[0]
         gap = theirs["per_condition"][day] - mine["per_condition"][day]
-        ranges = [float(np.nanmax(v) - np.nanmin(v)) for v in (c.get("per_condition_per_seed", {}).get(day)
-                                                                for c in (mine, theirs)) if v]
-        spread = max(ranges, default=0.0)
+        spread = max(float(np.nanmax(c["per_condition_per_seed"][day]) - np.nanmin(c["per_condition_per_seed"][day]))
+                     for c in (mine, theirs))
         out.append({"condition": day, "gap": round(gap, 4), "spread": round(spread, 4),
                     "within_spread": bool(gap <= spread)})
     return out

@@ -432,6 +432,11 @@ def _adabn_pool(source: LabeledFrames, target: LabeledFrames, share: float, seed
     return LabeledFrames.concat([target, _subsample(source, extra, seed)])
 
 
+def _adabn_on_target(model: Ensemble, cfg: AdaptConfig, source: LabeledFrames, target: LabeledFrames) -> None:
+    """The ``adabn`` method's re-estimation: the target frames pooled with ``adabn_source_share`` source frames."""
+    adabn(model, _adabn_pool(source, target, cfg.adabn_source_share, cfg.train.seed), cfg.train.eval_batch)
+
+
 def interpolate_weights(model: nn.Module, initial: dict[str, torch.Tensor], a: float) -> None:
     """In place: every floating-point parameter and buffer becomes ``(1 - a) · initial + a · current``."""
     with torch.no_grad():
@@ -449,7 +454,7 @@ def wise(model: Ensemble, initial: dict[str, torch.Tensor], a: float, cfg: Adapt
     """
     interpolate_weights(model, initial, a)
     if "adabn" in cfg.methods:
-        adabn(model, _adabn_pool(source, target, cfg.adabn_source_share, cfg.train.seed), cfg.train.eval_batch)
+        _adabn_on_target(model, cfg, source, target)
 
 
 def adapt(
@@ -529,7 +534,7 @@ def adapt(
     if "synth" in cfg.methods or record.target_labels_used:
         fit(labeled, train_cfg.epochs)
     if "adabn" in cfg.methods:
-        adabn(model, _adabn_pool(source, target, cfg.adabn_source_share, train_cfg.seed), train_cfg.eval_batch)
+        _adabn_on_target(model, cfg, source, target)
     if "pseudo" in cfg.methods or "mix" in cfg.methods:
         pcfg, mix = cfg.pseudo, "mix" in cfg.methods
         coarse = coarse_mapping(train_cfg.coarse_taxonomy)
@@ -544,7 +549,7 @@ def adapt(
                 labeled, pcfg.epochs_per_round, pl.frames, mix=mix)
             record.pseudo_pixels, record.pseudo_pixel_share = pl.pixels, pl.share
             if "adabn" in cfg.methods:  # training moved the statistics towards the training mix; re-estimate
-                adabn(model, _adabn_pool(source, target, cfg.adabn_source_share, train_cfg.seed), train_cfg.eval_batch)
+                _adabn_on_target(model, cfg, source, target)
         record.pseudo_frames = sorted(pseudo_used)
     if initial is not None and stage > 0:
         wise(model, initial, cfg.interpolate, cfg, source, target)

@@ -5,8 +5,8 @@
 
 Parts (each one's errors are caught and reported in the JSON; the rest still runs):
 
-1. ``parity``: the committed starter bundle on the torch CUDA engine (FP32 with TF32 off, and FP16)
-   against ONNX Runtime on the CPU: max abs difference of the frame scores, features (relative),
+1. ``parity``: the committed starter bundle on the torch CUDA engine (FP32 with TF32 off, FP16, and FP16
+   compiled: the CUDA default) against ONNX Runtime on the CPU: max abs difference of the frame scores, features (relative),
    uint8 map, and argmax agreement, each with its tolerance and a pass flag.
 2. ``throughput``: random-weight ERFNet ensembles, K=4, 480x360, 11 classes, widths 1.0/0.5/0.25,
    FP32/FP16, eager/compiled (inductor, freezing), batch 32: frames/s of ``TorchEngine.infer``
@@ -15,6 +15,9 @@ Parts (each one's errors are caught and reported in the JSON; the rest still run
    skipped, and said to be, once ``--budget-s`` is spent.
 3. ``pipeline``: ``avminer bench pipeline`` on the torch CUDA backend (starter bundle, eager unless
    ``--pipeline-compile``), and with the null engine (the plumbing ceiling of this machine).
+4. ``train`` (only with ``--train-data DIR``, a CamVid-layout folder): ``avminer train run`` on ``--device``
+   and on this machine's CPUs, the same frames and settings, one epoch each: seconds per epoch, the speed-up,
+   and whether the GPU-trained bundle exported (the export compares ONNX Runtime against torch) and loads.
 """
 
 from __future__ import annotations
@@ -73,13 +76,15 @@ def _parity(device: str, batch: int) -> dict[str, Any]:
     with OrtEngine(bundle) as ort_engine:
         ref = ort_engine.infer(images)
     out: dict[str, Any] = {"bundle": bundle.version, "frames": batch, "input": [bundle.input_height, bundle.input_width]}
-    for precision in ("fp32", "fp16"):
-        with TorchEngine(bundle, device=device, precision=precision, compile="off") as engine:
+    # fp16 compiled: what a CUDA engine serves by default (engine.precision and engine.compile unset).
+    for key, precision, compiled in (("fp32", "fp32", "off"), ("fp16", "fp16", "off"), ("fp16_compiled", "fp16", "on")):
+        with TorchEngine(bundle, device=device, precision=precision, compile=compiled) as engine:
             got = engine.infer(images)
             pred = np.stack([got.prediction(i) for i in range(batch)])
+            was_compiled = engine.compiled
         ref_pred = np.stack([ref.prediction(i) for i in range(batch)])
         scale = max(1.0, float(np.abs(ref.features).max()))
-        r = {
+        r: dict[str, Any] = {
             "scores_max_abs": float(np.abs(got.scores - ref.scores).max()),
             "features_max_rel": float(np.abs(got.features - ref.features).max() / scale),
             "umap_max_units": float(np.abs(got.umap.astype(np.float32) - ref.umap.astype(np.float32)).max()),
@@ -89,7 +94,8 @@ def _parity(device: str, batch: int) -> dict[str, Any]:
         }
         r["pass"] = (r["scores_max_abs"] <= SCORE_TOL[precision] and r["argmax_agreement"] >= ARGMAX_TOL[precision]
                      and r["features_max_rel"] <= FEATURES_REL_TOL[precision])
-        out[precision] = r
+        r["compiled"] = was_compiled
+        out[key] = r
     return out
 
 
@@ -187,6 +193,36 @@ def _pipeline(args: argparse.Namespace, backend: str) -> dict[str, Any]:
     return result
 
 
+def _train(args: argparse.Namespace) -> dict[str, Any]:
+    """``avminer train run`` on the device and on the CPUs (subprocesses: each sets its own threads)."""
+    import subprocess
+
+    from avminer.engines import load_bundle
+
+    out: dict[str, Any] = {"data": str(args.train_data), "frames": args.train_limit, "epochs": 1}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for device in (args.device, "cpu"):
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, "-c", "import sys; from avminer.cli.main import main; sys.exit(main())", "train",
+                   "run", "--data", str(args.train_data), "--out", f"{tmp}/bundle", "--work-dir", f"{tmp}/work",
+                   "--device", device, "--epochs", "1", "--limit", str(args.train_limit), "--no-progress", "--json",
+                   "--threads", str(os.cpu_count() or 1), "--version", f"gpu-check-{device}"]
+            start = time.monotonic()
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+            row: dict[str, Any] = {"rc": proc.returncode, "wall_s": round(time.monotonic() - start, 1)}
+            if proc.returncode == 0:
+                row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+                row["export_log"] = [line for line in proc.stderr.splitlines() if "ORT vs torch" in line][-1:]
+                row["bundle_loads"] = load_bundle(Path(tmp) / "bundle").version
+            else:
+                row["stderr_tail"] = proc.stderr[-1500:]
+            out[device] = row
+    gpu, cpu = out.get(args.device, {}), out.get("cpu", {})
+    if gpu.get("seconds_per_epoch") and cpu.get("seconds_per_epoch"):
+        out["speedup"] = round(cpu["seconds_per_epoch"] / gpu["seconds_per_epoch"], 1)
+    return out
+
+
 def _part(report: dict[str, Any], name: str, fn: Any, *fn_args: Any) -> None:
     start = time.monotonic()
     try:
@@ -204,10 +240,15 @@ def main() -> int:
     p.add_argument("--out", type=Path, help="also write the JSON here")
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--pipeline-compile", action="store_true", help="torch.compile the pipeline's engine too")
+    p.add_argument("--parts", default="parity,throughput,pipeline,train",
+                   help="comma-separated parts to run (train also needs --train-data)")
+    p.add_argument("--train-data", type=Path, help="CamVid-layout folder: also time the trainer (part 4)")
+    p.add_argument("--train-limit", type=int, default=96, help="frames the trainer part trains on")
     args = p.parse_args()
     if args.quick:
         args.size, args.widths, args.precisions, args.batch, args.batches = (96, 128), [0.25], ["fp32"], 4, 2
         args.members, args.pipeline_frames, args.pipeline_batch, args.decode_workers = 2, 64, 8, 2
+        args.train_limit = min(args.train_limit, 16)
         args.compile = args.compile and args.device != "cpu"
     else:
         args.size, args.widths, args.precisions, args.batch, args.batches = (360, 480), [1.0, 0.5, 0.25], \
@@ -216,11 +257,17 @@ def main() -> int:
         args.decode_workers = max(1, (os.cpu_count() or 2) // 2)
     start = time.monotonic()
     report: dict[str, Any] = {"check": "avminer issue 14 GPU check", "device": args.device, "quick": args.quick}
+    parts = set(args.parts.split(","))
     _part(report, "env", _env)
-    _part(report, "parity", _parity, args.device, 2 if args.quick else 8)
-    _part(report, "throughput", _throughput, args, start + args.budget_s)
-    _part(report, "pipeline_torch", _pipeline, args, "torch")
-    _part(report, "pipeline_null", _pipeline, args, "null")
+    if "parity" in parts:
+        _part(report, "parity", _parity, args.device, 2 if args.quick else 8)
+    if "throughput" in parts:
+        _part(report, "throughput", _throughput, args, start + args.budget_s)
+    if "pipeline" in parts:
+        _part(report, "pipeline_torch", _pipeline, args, "torch")
+        _part(report, "pipeline_null", _pipeline, args, "null")
+    if "train" in parts and args.train_data:
+        _part(report, "train", _train, args)
     report["seconds"]["total"] = round(time.monotonic() - start, 1)
     text = json.dumps(report, indent=2)
     print(text)

@@ -15,11 +15,11 @@
 # (fastavro reads the sample drive, simplejpeg decodes its frames; kafka-python and crc32c are for
 # completeness: the check runs the miner embedded.)
 #
-# Usage: tools/gpu_check.sh [--out FILE] [--budget-s S] [--no-compile] [--device cpu --quick]
+# Usage: tools/gpu_check.sh [--out FILE] [--budget-s S] [--no-compile] [--parts P,...] [--train-data DIR] [--device cpu --quick]
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
-WHEELS="${AVMINER_WHEELS:-$REPO/.whl}"
+WHEELS="${GPU_CHECK_WHEELS:-$REPO/.whl}"
 SITE="$(mktemp -d "${TMPDIR:-/tmp}/avminer-gpu-check.XXXXXX")"
 trap 'rm -rf "$SITE"' EXIT
 shopt -s nullglob
@@ -34,4 +34,4 @@ if [[ -n "$missing" ]]; then
   echo "gpu_check: missing Python modules: $missing (put their wheels in $WHEELS; see the top of this script)" >&2
   exit 2
 fi
-exec timeout 290 "$PY" "$REPO/tools/gpu_check.py" "$@"
+exec timeout 450 "$PY" "$REPO/tools/gpu_check.py" "$@"

@@ -56,7 +56,7 @@ def register(sub: Any) -> None:
     run.add_argument("--work-dir", type=Path, help="checkpoints (default trainer.work_dir); resumes if present")
     run.add_argument("--threads", type=int, default=0,
                      help="torch CPU threads (0: all cores; use 1 on a loaded machine, where OpenMP threads spin)")
-    run.add_argument("--device", default="cpu", help="cpu or cuda[:N] (the CUDA path is untested here)")
+    run.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     run.add_argument("--limit", type=int, help="at most this many frames per split (smoke runs)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--json", action="store_true", help="print one JSON object with the outcome")

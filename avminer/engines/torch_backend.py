@@ -162,13 +162,29 @@ class TorchEngine(Engine):
         # permute() of NHWC storage is already channels_last; .to() keeps or densifies the layout.
         return x.permute(0, 3, 1, 2).to(self._dtype, memory_format=self._memory_format)  # [N, 3, H, W]
 
-    def _call(self, module: Callable[[Any], Any], images: np.ndarray) -> tuple[Any, ...]:
+    def _call(self, module: Callable[[Any], Any], images: np.ndarray, pad: bool = False) -> tuple[Any, ...]:
+        """The module's outputs for ``images``, every kernel on the engine's stream (CUDA).
+
+        ``pad``: run chunks of exactly ``max_batch`` rows (the one shape a compiled graph knows) and join
+        them. The join runs on the engine's stream too: on the default stream it would read the chunks
+        before the engine's stream had written them (uninitialised memory: an argmax of 255 on an H200).
+        """
         import torch
 
+        def run() -> tuple[Any, ...]:
+            if not pad:
+                return tuple(module(self._to_input(images)))
+            n = images.shape[0]
+            parts = [tuple(module(self._to_input(_pad(images[i:i + self.max_batch], self.max_batch))))
+                     for i in range(0, n, self.max_batch)]
+            if len(parts) == 1:
+                return tuple(t[:n] for t in parts[0])
+            return tuple(torch.cat([p[j] for p in parts])[:n] for j in range(len(parts[0])))
+
         if self._stream is None:
-            return tuple(module(self._to_input(images)))
+            return run()
         with torch.cuda.stream(self._stream):
-            return tuple(module(self._to_input(images)))
+            return run()
 
     def _run(self, images: np.ndarray, probs: bool) -> EngineOutput:
         import torch
@@ -180,12 +196,7 @@ class TorchEngine(Engine):
             module = self._forward
         try:
             with self._lock, torch.inference_mode():
-                if self.compiled and not probs:
-                    parts = [self._call(module, _pad(images[i:i + self.max_batch], self.max_batch))
-                             for i in range(0, n, self.max_batch)]
-                    outs = tuple(torch.cat([p[j] for p in parts])[:n] for j in range(len(parts[0])))
-                else:
-                    outs = self._call(module, images)
+                outs = self._call(module, images, pad=self.compiled and not probs)
                 host = self._to_host(outs, probs)
         except RuntimeError as exc:
             raise EngineError(f"torch failed on a batch of {n} for model {self.version}: {exc}") from exc

@@ -67,7 +67,7 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     threads: int = 0  # 0: all cores; 1 on a loaded machine (OpenMP threads spin and fight over cores)
-    device: str = "cpu"  # cpu | cuda[:N] (the CUDA path is written but was not run here: no GPU)
+    device: str = "cpu"  # cpu | cuda[:N] (CUDA run on an H200: tools/gpu_check.sh part 4)
     eval_every: int = 5  # epochs between evaluations (the last epoch is always evaluated)
     eval_batch: int = 16
     progress: bool = True

@@ -1,6 +1,7 @@
 """The torch engine's CPU-reachable parts: precisions, compiled-graph padding, the eager fallback, options.
 
-The CUDA path (FP16, pinned buffers, its own stream, inductor) needs a GPU: ``tools/gpu_check.sh``.
+The CUDA path (FP16, pinned buffers, its own stream, inductor) needs a GPU: ``tools/gpu_check.sh`` (its parity
+part checks the compiled FP16 engine, the CUDA default, against ONNX Runtime).
 """
 
 from __future__ import annotations
@@ -51,12 +52,15 @@ def test_compiled_path_pads_to_max_batch_and_matches_eager(bundles: dict[str, Bu
         warm = len(calls)
         out = compiled.infer(images)  # 7 frames: two padded batches of 4
         ref = eager.infer(images)
+        few = compiled.infer(images[:3])  # one padded chunk, cut back to 3 rows
         with_probs = compiled.infer(images[:2], probs=True)  # probabilities run eagerly, unpadded
     assert all(shape[0] == 4 for shape in calls)  # only ever the one compiled shape
-    assert len(calls) - warm == 2
-    assert out.scores.shape[0] == 7
+    assert len(calls) - warm == 3
+    assert out.scores.shape[0] == 7 and few.scores.shape[0] == 3 and few.umap.shape[0] == 3
     np.testing.assert_allclose(out.scores, ref.scores, atol=SCORE_ATOL)
+    np.testing.assert_allclose(few.scores, ref.scores[:3], atol=SCORE_ATOL)
     np.testing.assert_array_equal(out.prediction(6), ref.prediction(6))
+    np.testing.assert_array_equal(few.prediction(2), ref.prediction(2))
     assert with_probs.probs is not None and with_probs.probs.shape[1] == 2
 
 

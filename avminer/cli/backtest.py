@@ -45,6 +45,8 @@ def register(sub: Any) -> None:
     p.add_argument("--out", default="avminer-out/backtest", help="output directory (backtest.json, backtest.png)")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: summarise the runs earlier backtests with these settings finished")
+    p.add_argument("--resummarise", metavar="JSON",
+                   help="run nothing: summarise again the runs a written backtest.json holds (into --out)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=run)
 
@@ -58,8 +60,19 @@ def _strategies() -> tuple[str, ...]:
 def run(args: argparse.Namespace) -> int:
     from avminer.config import load_settings
     from avminer.errors import DatasetError
-    from avminer.evaluation.backtest import BacktestConfig, quick_config, run_backtest, write_report
+    from avminer.evaluation.backtest import BacktestConfig, quick_config, resummarise, run_backtest
 
+    stream_out = sys.stderr if args.json else sys.stdout
+
+    def say(msg: str) -> None:
+        print(msg, file=stream_out, flush=True)
+
+    if args.resummarise:
+        try:
+            written = json.loads(Path(args.resummarise).read_text())
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"--resummarise {args.resummarise}: {exc}") from exc
+        return _finish(resummarise(written), Path(args.out), args.json, say)
     fleet = Path(args.fleet) if args.fleet else None
     stream = Path(args.stream) if args.stream else (fleet / "stream.avro" if fleet else None)
     base = Path(args.base) if args.base else (fleet / "base" if fleet else None)
@@ -87,18 +100,19 @@ def run(args: argparse.Namespace) -> int:
         changes["size"] = (h, w)
     cfg = (quick_config(**changes) if args.quick else BacktestConfig(**changes)).validate()
     settings = load_settings(args.config)
-    stream_out = sys.stderr if args.json else sys.stdout
-
-    def say(msg: str) -> None:
-        print(msg, file=stream_out, flush=True)
-
     report = run_backtest(cfg, settings, say, report_only=args.report_only)
-    jpath, ppath = write_report(report, cfg.out)
-    if args.json:
+    return _finish(report, cfg.out, args.json, say)
+
+
+def _finish(report: dict[str, Any], out: Path, as_json: bool, say: Any) -> int:
+    from avminer.evaluation.backtest import write_report
+
+    jpath, ppath = write_report(report, out)
+    if as_json:
         print(json.dumps({k: v for k, v in report.items() if k != "runs"}, default=str))
         return 0
     print_summary(report, say)
-    say(f"wrote {jpath} and {ppath} ({report['seconds']:.0f} s)")
+    say(f"wrote {jpath} and {ppath} ({report.get('seconds', 0):.0f} s)")
     return 0
 
 
@@ -129,4 +143,6 @@ def print_summary(report: dict[str, Any], say: Any) -> None:
             say(f"  vs {b} at equal labels: " + "  ".join(
                 f"{r['labels']:.0f}: {r['mine']:.3f} vs " + (f"{r['theirs']:.3f} (spread {r['spread']:.3f}"
                                                               f"{', win' if r['win'] else ''})" if r["theirs"] is not None
-                                                              else "beyond its labels") for r in rows))
+                                                              else "beyond its labels")
+                + (f" [ahead on {r['ahead']}/{r['paired_seeds']} seeds]" if r.get("paired_seeds") else "")
+                for r in rows))

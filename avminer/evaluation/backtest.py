@@ -345,11 +345,20 @@ RESULT_FILE = "result.json"
 def run_key(cfg: BacktestConfig, settings: Settings) -> str:
     """What a finished run's result depends on (everything but which runs, how many at once, and where).
 
-    The ``kafka`` settings are left out: the embedded miner reads the drive log, never a broker.
+    The ``kafka`` settings are left out: the embedded miner reads the drive log, never a broker. Paths count
+    by the files they name (resolved), not by how they were spelled: ``fleet/base`` and ``/work/fleet/base``
+    are one key.
     """
     import hashlib
 
-    fields = {k: v for k, v in asdict(cfg).items() if k not in ("strategies", "seeds", "jobs", "out")}
+    def resolved(v: Any) -> Any:
+        if isinstance(v, Path):
+            return str(v.resolve())
+        if isinstance(v, list | tuple) and v and all(isinstance(x, Path) for x in v):
+            return [str(x.resolve()) for x in v]
+        return v
+
+    fields = {k: resolved(v) for k, v in asdict(cfg).items() if k not in ("strategies", "seeds", "jobs", "out")}
     stream = Path(cfg.stream)
     fields["stream_file"] = [stream.stat().st_size, stream.stat().st_mtime] if stream.exists() else None
     used = {k: v for k, v in settings.as_dict().items() if k != "kafka"}
@@ -592,7 +601,7 @@ def run_backtest(cfg: BacktestConfig, settings: Settings, say: Callable[[str], N
         say(f"reusing {sum(1 for v in done.values() if v)} finished run(s) from {cfg.out / 'runs'}")
     if report_only and not any(done.values()):
         raise DatasetError(f"--report-only: no finished run in {cfg.out / 'runs'} has these settings (a run is reused "
-                           "only with the same stream, base and eval paths as given, and the same settings)")
+                           "only with the same stream, base and eval files and the same settings)")
     todo = [] if report_only else [p for p in pairs if done[p] is None]
     if cfg.jobs <= 1:
         for strategy, seed in todo:
@@ -627,10 +636,32 @@ def _interp_labels_to_reach(labels: Sequence[float], worst: Sequence[float], tar
 def summarise(runs: list[dict[str, Any]], initial: dict[str, Any], stream_counts: dict[str, int],
               cfg: BacktestConfig) -> dict[str, Any]:
     """Mean curves per strategy with per-seed spread; rare-condition buy ratios; the goal checks."""
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()
+              if k not in ("eval_folders",)} | {"eval_folders": [str(p) for p in cfg.eval_folders]}
+    return _summary(runs, initial, stream_counts, list(cfg.strategies), config)
+
+
+def resummarise(report: dict[str, Any]) -> dict[str, Any]:
+    """A written ``backtest.json`` summarised again from the runs it holds (after the summary itself changed).
+
+    The runs, the starting model's evaluation, the stream's counts and the configuration are kept as they are;
+    the curves and goals are recomputed; other keys (``seconds``, notes) are carried over.
+    """
+    try:
+        runs, initial, counts, config = (report["runs"], report["initial"], report["stream_by_condition"],
+                                         report["config"])
+    except (KeyError, TypeError) as exc:
+        raise DatasetError(f"not a backtest report (no {exc} in it): give the backtest.json a run wrote") from None
+    fresh = _summary(runs, initial, counts, list(config["strategies"]), config)
+    return {**report, **fresh}
+
+
+def _summary(runs: list[dict[str, Any]], initial: dict[str, Any], stream_counts: dict[str, int],
+             strategy_names: list[str], config: dict[str, Any]) -> dict[str, Any]:
     strategies: dict[str, Any] = {}
     total_frames = max(sum(stream_counts.values()), 1)
     rare_share = sum(stream_counts.get(c, 0) for c in RARE_CONDITIONS) / total_frames
-    for name in cfg.strategies:
+    for name in strategy_names:
         mine = [r for r in runs if r["strategy"] == name]
         if not mine:
             continue
@@ -670,9 +701,7 @@ def summarise(runs: list[dict[str, Any]], initial: dict[str, Any], stream_counts
         }
     goals = _goals(strategies, initial)
     return {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()
-                   if k not in ("eval_folders",)} | {"eval_folders": [str(p) for p in cfg.eval_folders]},
-        "stream_by_condition": stream_counts, "rare_stream_share": rare_share,
+        "config": config, "stream_by_condition": stream_counts, "rare_stream_share": rare_share,
         "initial": initial, "strategies": strategies, "goals": goals, "runs": runs,
     }
 
@@ -707,7 +736,7 @@ def _goals(strategies: dict[str, Any], initial: dict[str, Any]) -> dict[str, Any
                 spread = max(mine["worst_max"] - mine["worst_min"], theirs["worst_max"] - theirs["worst_min"])
                 rows.append(mine["worst"] - theirs["worst"] > spread)
             beats[b] = rows
-        equal = {b: _at_equal_labels(curve, strategies[b]["curve"], start) for b in baselines}
+        equal = {b: _at_equal_labels(strategies[name], strategies[b], start) for b in baselines}
         day = _day_gap(curve, rnd)
         out[name] = {
             "random_final_worst": target, "random_final_labels": rnd[-1]["labels"],
@@ -722,30 +751,45 @@ def _goals(strategies: dict[str, Any], initial: dict[str, Any]) -> dict[str, Any
     return out
 
 
-def _at_equal_labels(curve: list[dict[str, Any]], theirs: list[dict[str, Any]], start: float
-                     ) -> list[dict[str, Any]]:
+def _at_equal_labels(policy: dict[str, Any], baseline: dict[str, Any], start: float) -> list[dict[str, Any]]:
     """Per round of a policy: a baseline's worst-condition mIoU at the same number of labels.
 
     Each of the baseline's seeds is a curve (labels, worst) from (0, starting model), read at the policy's
     mean labels of that round by linear interpolation; ``theirs`` is None where that is beyond what the
-    baseline bought. ``win``: the gap exceeds the larger of the two seed spreads.
+    baseline bought. ``win``: the gap exceeds the larger of the two seed spreads (the issue's test).
+
+    ``paired``: per seed both ran, the policy's worst minus the same seed's baseline curve read at that seed's
+    own label count (None beyond the baseline's labels). A seed fixes the gate frames, the replay draws and
+    the training seed for every strategy, so the pair shares what the spread mostly measures (the
+    fine-tune's luck); ``ahead`` counts the seeds with a positive gap, of ``paired_seeds``.
     """
+    curve, theirs = policy["curve"], baseline["curve"]
+
+    def read(pos: int, at: float) -> float | None:
+        xs = [0.0] + [float(c["labels_per_seed"][pos]) for c in theirs]
+        ys = [start] + [float(c["worst_per_seed"][pos]) for c in theirs]
+        return float(np.interp(at, xs, ys)) if at <= xs[-1] else None
+
+    their_pos = {seed: i for i, seed in enumerate(baseline["seeds"])}
     out: list[dict[str, Any]] = []
     for row in curve:
-        at = row["labels"]
-        values = []
-        for seed in range(len(theirs[0]["worst_per_seed"])):
-            xs = [0.0] + [float(c["labels_per_seed"][seed]) for c in theirs]
-            ys = [start] + [float(c["worst_per_seed"][seed]) for c in theirs]
-            values.append(float(np.interp(at, xs, ys)) if at <= xs[-1] else None)
+        paired: list[float | None] = []
+        for i, seed in enumerate(policy["seeds"]):
+            if seed in their_pos:
+                value = read(their_pos[seed], float(row["labels_per_seed"][i]))
+                paired.append(None if value is None else round(float(row["worst_per_seed"][i]) - value, 4))
+        known = [g for g in paired if g is not None]
+        pairs = {"paired": paired, "ahead": sum(g > 0 for g in known), "paired_seeds": len(known)}
+        values = [read(i, row["labels"]) for i in range(len(baseline["seeds"]))]
         if any(v is None for v in values):
-            out.append({"labels": at, "mine": row["worst"], "theirs": None, "spread": None, "win": None})
+            out.append({"labels": row["labels"], "mine": row["worst"], "theirs": None, "spread": None, "win": None}
+                       | pairs)
             continue
         got = [float(v) for v in values if v is not None]
         spread = max(row["worst_max"] - row["worst_min"], max(got) - min(got))
         theirs_mean = float(np.mean(got))
-        out.append({"labels": at, "mine": row["worst"], "theirs": theirs_mean, "spread": spread,
-                    "win": row["worst"] - theirs_mean > spread})
+        out.append({"labels": row["labels"], "mine": row["worst"], "theirs": theirs_mean, "spread": spread,
+                    "win": row["worst"] - theirs_mean > spread} | pairs)
     return out
 
 

@@ -17,6 +17,7 @@ from avminer.evaluation.backtest import (
     _interp_labels_to_reach,
     mine_segment,
     quick_config,
+    resummarise,
     run_backtest,
     run_key,
     run_settings,
@@ -49,7 +50,7 @@ def _cfg(fleet: Path, out: Path, **changes: object):
                         eval_folders=sorted(fleet.glob("eval-*")), out=out, budget=0.1, **changes).validate()
 
 
-def test_quick_backtest_end_to_end(fleet: Path, tmp_path: Path) -> None:
+def test_quick_backtest_end_to_end(fleet: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = _cfg(fleet, tmp_path / "bt", strategies=["random", "mi", "adaptive"])
     settings = load_settings(None, environ={}, overrides={"selection": {"warmup_frames": 40}})
     report = run_backtest(cfg, settings)
@@ -79,6 +80,18 @@ def test_quick_backtest_end_to_end(fleet: Path, tmp_path: Path) -> None:
     jpath, ppath = write_report(report, tmp_path / "bt")
     assert json.loads(jpath.read_text())["strategies"].keys() == report["strategies"].keys()
     assert ppath.stat().st_size > 10_000
+    # The CLI summarises a written report again from its runs, nothing re-run; a file that is no report is
+    # refused, naming it.
+    from avminer.cli.main import main
+
+    assert main(["backtest", "--resummarise", str(jpath), "--out", str(tmp_path / "again"), "--json"]) == 0
+    again_written = json.loads((tmp_path / "again" / "backtest.json").read_text())
+    assert again_written["goals"] == json.loads(jpath.read_text())["goals"]
+    (tmp_path / "bad.json").write_text("{not json")
+    capsys.readouterr()
+    assert main(["backtest", "--resummarise", str(tmp_path / "bad.json"), "--out", str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err
+    assert "--resummarise" in err and "bad.json" in err
 
 
 @pytest.mark.parametrize("strategy", ["full", "random", "bald"])
@@ -139,11 +152,24 @@ def test_summary_measures_reach_and_spread() -> None:
     assert [r["theirs"] for r in equal] == pytest.approx([0.08, 0.11])
     assert [r["spread"] for r in equal] == pytest.approx([0.01, 0.02])
     assert [r["win"] for r in equal] == [True, True]
+    # Paired by seed, each read at that seed's own labels: seed 0 0.30 - 0.075, seed 1 0.31 - 0.085; then
+    # 0.40 - 0.10 and 0.41 - 0.12.
+    assert [r["paired"] for r in equal] == [pytest.approx([0.225, 0.225]), pytest.approx([0.30, 0.29])]
+    assert [(r["ahead"], r["paired_seeds"]) for r in equal] == [(2, 2), (2, 2)]
     # More labels than random ever bought: nothing to compare with (no extrapolation).
-    more = runs[:2] + [run("adaptive", 0, [0.30, 0.40], [5, 30]), run("adaptive", 1, [0.31, 0.41], [5, 30])]
+    more = runs[:2] + [run("adaptive", 0, [0.30, 0.40], [5, 30]), run("adaptive", 1, [0.31, 0.11], [5, 15])]
     beyond = summarise(more, {"worst_miou_common": 0.05, "worst_condition": "x/dusk"}, {"day": 95, "dusk": 5},
                        cfg)["goals"]["adaptive"]["at_equal_labels"]["random"]
     assert beyond[0]["theirs"] is not None and beyond[1]["theirs"] is None and beyond[1]["win"] is None
+    # Seed 0 is beyond random's labels, seed 1 behind it (0.11 against 0.17 at 15 labels).
+    assert beyond[1]["paired"] == [None, pytest.approx(-0.06)] and (beyond[1]["ahead"], beyond[1]["paired_seeds"]) == (0, 1)
+    # A written report summarised again from the runs it holds gives the same summary; a stranger is refused.
+    written = json.loads(json.dumps(report))
+    del written["goals"], written["strategies"]
+    again = resummarise(written | {"seconds": 12.0})
+    assert again["goals"] == json.loads(json.dumps(report["goals"])) and again["seconds"] == 12.0
+    with pytest.raises(DatasetError, match="not a backtest report"):
+        resummarise({"strategies": {}})
     assert report["strategies"]["adaptive"]["rare_buy_ratio"] == pytest.approx(0.5 / 0.05)
     assert report["strategies"]["random"]["curve"][1]["worst_min"] == pytest.approx(0.20)
     # Random never beat the starting model: "reaching random's final figure" is then not a win.
@@ -189,6 +215,9 @@ def test_run_key_follows_what_a_run_reads() -> None:
     policy = load_settings(None, environ={}, overrides={"selection": {"warmup_frames": 7}})
     assert run_key(cfg, base) == run_key(cfg, broker) != run_key(cfg, policy)
     assert run_key(cfg, base) != run_key(replace(cfg, steps=cfg.steps + 1), base)
+    # A path counts by the file it names, however it was spelled; another file is another key.
+    spelled = replace(cfg, stream=Path.cwd() / "s", base=Path("./b"), eval_folders=[Path("x/../e")])
+    assert run_key(spelled, base) == run_key(cfg, base) != run_key(replace(cfg, base=Path("b2")), base)
 
 
 def test_the_starting_model_is_fine_tuned_at_the_backtest_size_once(fleet: Path, tmp_path: Path) -> None:

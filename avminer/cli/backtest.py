@@ -35,6 +35,8 @@ def register(sub: Any) -> None:
     p.add_argument("--budget", type=float, help="labels per round as a fraction of the segment (default 0.03)")
     p.add_argument("--size", help="model input HxW, multiples of 8 (default 96x128)")
     p.add_argument("--steps", type=int, help="optimiser steps per fine-tuning (default 40)")
+    p.add_argument("--replay", type=float,
+                   help="base frames replayed per bought label in each fine-tune (default 1, at least 16)")
     p.add_argument("--initial-epochs", type=int,
                    help="epochs the starting model is fine-tuned on the base frames at --size first (default 4)")
     p.add_argument("--no-gates", action="store_true", help="release every candidate (diagnosis)")
@@ -89,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         seeds=list(range(args.seeds)), gates=not args.no_gates, jobs=args.jobs, threads=args.threads,
         out=Path(args.out), initial_bundle=Path(args.bundle) if args.bundle else None,
     )
-    for name in ("rounds", "budget", "steps", "initial_epochs"):
+    for name in ("rounds", "budget", "steps", "replay", "initial_epochs"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.size:

@@ -130,6 +130,9 @@ class BacktestConfig:
             raise DatasetError(f"size: {self.size[0]}x{self.size[1]} must be multiples of 8 (ERFNet downsamples 8x)")
         if self.steps < 1 or self.batch_size < 2:
             raise DatasetError("steps must be >= 1 and batch_size >= 2")
+        if self.replay < 0 or self.replay_min < 0:
+            raise DatasetError(f"replay: base frames per bought label must be >= 0, got {self.replay} "
+                               f"(replay_min {self.replay_min})")
         if self.initial_epochs < 0:
             raise DatasetError(f"initial_epochs: must be >= 0, got {self.initial_epochs}")
         if not self.seeds:

@@ -218,6 +218,9 @@ def test_run_key_follows_what_a_run_reads() -> None:
     # A path counts by the file it names, however it was spelled; another file is another key.
     spelled = replace(cfg, stream=Path.cwd() / "s", base=Path("./b"), eval_folders=[Path("x/../e")])
     assert run_key(spelled, base) == run_key(cfg, base) != run_key(replace(cfg, base=Path("b2")), base)
+    assert run_key(cfg, base) != run_key(replace(cfg, replay=2.0), base)
+    with pytest.raises(DatasetError, match="replay"):
+        replace(cfg, replay=-1.0).validate()
 
 
 def test_the_starting_model_is_fine_tuned_at_the_backtest_size_once(fleet: Path, tmp_path: Path) -> None:

@@ -18,11 +18,15 @@ reading and Avro-decoding the drive log, batching, commits).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+from avminer.errors import MiningError
 
 
 class _RecordingEngine:
@@ -70,6 +74,13 @@ def _round(settings: Any, holder: Any, drive_log: str | None, frames: int) -> di
     stats = run_miner(settings, engines=rec, drive_log=drive_log, frames=frames, repeat=True,
                       handle_signals=False, serve_metrics=False)
     cpu = time.process_time() - cpu
+    if stats.dead_letters:
+        # Frames that never reached the engine make every figure below a measure of something else.
+        index = Path(settings.sinks.output_dir) / "dead-letter" / "index.jsonl"
+        first = json.loads(index.read_text().splitlines()[0]) if index.exists() else {}
+        raise MiningError(f"bench pipeline: {stats.dead_letters} of {stats.decisions + stats.dead_letters} frames "
+                          f"went to the dead letters (first: {first.get('reason', '?')}: "
+                          f"{str(first.get('error', '?'))[:200]}); nothing measured")
     engine = holder.current
     start = time.perf_counter()
     for images in rec.batches:

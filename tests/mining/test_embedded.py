@@ -54,17 +54,22 @@ def test_drive_log_to_local_directory_and_catalog_and_replay_adds_nothing(sample
     assert len(again) == len({r.sample_id for r in again}) == len(requests)
 
 
-def test_corrupt_frames_in_a_drive_log_are_dead_lettered(sample_drive: Path, tmp_path: Path) -> None:
+def _truncate_every_fifth_record(sample_drive: Path, bad_log: Path) -> Path:
+    """A copy of the drive log in which every fifth record, if a camera frame, has a truncated JPEG."""
     import dataclasses
 
     from avminer.events.drivelog import DriveLogWriter, read_drive_log
 
-    bad_log = tmp_path / "bad.avro"
     with DriveLogWriter(bad_log) as w:
         for i, rec in enumerate(read_drive_log(sample_drive)):
             if isinstance(rec, CameraFrame) and i % 5 == 0 and rec.image:
                 rec = dataclasses.replace(rec, image=rec.image[:100])
             w.write(rec)
+    return bad_log
+
+
+def test_corrupt_frames_in_a_drive_log_are_dead_lettered(sample_drive: Path, tmp_path: Path) -> None:
+    bad_log = _truncate_every_fifth_record(sample_drive, tmp_path / "bad.avro")
     out = tmp_path / "out"
     stats = run_miner(embedded_settings(out), engines=fake_holder(), drive_log=bad_log,  # type: ignore[arg-type]
                       handle_signals=False, serve_metrics=False)
@@ -114,6 +119,18 @@ def test_bench_pipeline_prints_one_json_object(tmp_path: Path, starter_bundle: P
     assert result["frames"] == 24
     assert result["pipeline_fps"] > 0 and result["engine_fps"] > 0
     assert result["ratio"] == pytest.approx(result["pipeline_fps"] / result["engine_fps"], rel=0.02)
+
+
+def test_bench_pipeline_refuses_to_report_when_frames_were_dead_lettered(sample_drive: Path, tmp_path: Path) -> None:
+    """Frames that never reached the engine would make the figures measure something else (on the GPU
+    machine, a decoder wheel for the wrong Python sent every frame to the dead letters and the bench said
+    0 frames/s): the bench fails and names the first reason."""
+    from avminer.errors import MiningError
+    from avminer.evaluation.pipeline import run_pipeline_bench
+
+    bad_log = _truncate_every_fifth_record(sample_drive, tmp_path / "bad.avro")
+    with pytest.raises(MiningError, match=r"went to the dead letters \(first: corrupt_image"):
+        run_pipeline_bench(None, frames=24, drive_log=str(bad_log), backend="null")
 
 
 def test_several_decode_workers_keep_each_partition_in_order(

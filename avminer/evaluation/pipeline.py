@@ -18,12 +18,10 @@ reading and Avro-decoding the drive log, batching, commits).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from avminer.errors import MiningError
@@ -68,6 +66,7 @@ class _RecordingHolder:
 def _round(settings: Any, holder: Any, drive_log: str | None, frames: int) -> dict[str, Any]:
     """One pipeline run, then the bare engine on exactly the batches that run produced."""
     from avminer.mining.daemon import run_miner
+    from avminer.mining.deadletter import LocalDeadLetters
 
     rec = _RecordingHolder(holder)
     cpu = time.process_time()
@@ -76,8 +75,7 @@ def _round(settings: Any, holder: Any, drive_log: str | None, frames: int) -> di
     cpu = time.process_time() - cpu
     if stats.dead_letters:
         # Frames that never reached the engine make every figure below a measure of something else.
-        index = Path(settings.sinks.output_dir) / "dead-letter" / "index.jsonl"
-        first = json.loads(index.read_text().splitlines()[0]) if index.exists() else {}
+        first = next(iter(LocalDeadLetters.entries(settings.sinks.output_dir)), {})
         raise MiningError(f"bench pipeline: {stats.dead_letters} of {stats.decisions + stats.dead_letters} frames "
                           f"went to the dead letters (first: {first.get('reason', '?')}: "
                           f"{str(first.get('error', '?'))[:200]}); nothing measured")

@@ -87,10 +87,19 @@ class KafkaDeadLetters:
 class LocalDeadLetters:
     """Dead letters as files: ``<root>/dead-letter/<topic>-<partition>-<offset>.bin`` + ``index.jsonl``."""
 
+    DIR, INDEX = "dead-letter", "index.jsonl"
+
     def __init__(self, root: str | Path) -> None:
-        self.dir = Path(root) / "dead-letter"
+        self.dir = Path(root) / self.DIR
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+
+    @classmethod
+    def entries(cls, root: str | Path) -> list[dict[str, Any]]:
+        """The index entries (reason, error, where from) of the dead letters written under ``root``, oldest
+        first; none if nothing was dead-lettered there."""
+        index = Path(root) / cls.DIR / cls.INDEX
+        return [json.loads(line) for line in index.read_text().splitlines() if line] if index.exists() else []
 
     def send(self, msg: SourceMessage, reason: str, error: str, on_done: DoneCallback) -> None:
         name = f"{msg.topic}-{msg.partition}-{msg.offset}.bin"
@@ -98,7 +107,7 @@ class LocalDeadLetters:
                  "partition": msg.partition, "offset": msg.offset}
         with self._lock:
             (self.dir / name).write_bytes(original_bytes(msg))
-            with open(self.dir / "index.jsonl", "a") as fh:
+            with open(self.dir / self.INDEX, "a") as fh:
                 fh.write(json.dumps(entry) + "\n")
         DEAD_LETTERS.labels(reason=reason).inc()
         on_done(True)

@@ -354,19 +354,22 @@ def run_key(cfg: BacktestConfig, settings: Settings) -> str:
     """
     import hashlib
 
-    def resolved(v: Any) -> Any:
-        if isinstance(v, Path):
-            return str(v.resolve())
-        if isinstance(v, list | tuple) and v and all(isinstance(x, Path) for x in v):
-            return [str(x.resolve()) for x in v]
-        return v
-
-    fields = {k: resolved(v) for k, v in asdict(cfg).items() if k not in ("strategies", "seeds", "jobs", "out")}
+    fields = {k: _paths_as_text(v, resolve=True) for k, v in asdict(cfg).items()
+              if k not in ("strategies", "seeds", "jobs", "out")}
     stream = Path(cfg.stream)
     fields["stream_file"] = [stream.stat().st_size, stream.stat().st_mtime] if stream.exists() else None
     used = {k: v for k, v in settings.as_dict().items() if k != "kafka"}
     text = json.dumps([fields, used], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _paths_as_text(v: Any, resolve: bool = False) -> Any:
+    """A config value with its paths (a path, or a list of them) as strings; ``resolve``: absolute, links followed."""
+    if isinstance(v, Path):
+        return str(v.resolve() if resolve else v)
+    if isinstance(v, list | tuple) and v and all(isinstance(x, Path) for x in v):
+        return [_paths_as_text(x, resolve) for x in v]
+    return v
 
 
 def finished_run(cfg: BacktestConfig, settings: Settings, strategy: str, seed: int) -> dict[str, Any] | None:
@@ -639,8 +642,7 @@ def _interp_labels_to_reach(labels: Sequence[float], worst: Sequence[float], tar
 def summarise(runs: list[dict[str, Any]], initial: dict[str, Any], stream_counts: dict[str, int],
               cfg: BacktestConfig) -> dict[str, Any]:
     """Mean curves per strategy with per-seed spread; rare-condition buy ratios; the goal checks."""
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()
-              if k not in ("eval_folders",)} | {"eval_folders": [str(p) for p in cfg.eval_folders]}
+    config = {k: _paths_as_text(v) for k, v in asdict(cfg).items()}
     return _summary(runs, initial, stream_counts, list(cfg.strategies), config)
 
 

@@ -338,7 +338,8 @@ def run_adapt_report(cfg: AdaptReportConfig) -> AdaptReport:
     size = (bundle.input_height, bundle.input_width)
     splits = adaptation_splits(cfg.camvid, cfg.idd, size, thin=cfg.thin, validation=cfg.validation)
     base_model = load_ensemble(bundle.torch_path)
-    base_state = {k: v.detach().clone() for k, v in base_model.state_dict().items()}
+    # The starting weights the sweep averages with (only a sweep needs its own copy; adapt() keeps one per run).
+    base_state = {k: v.detach().clone() for k, v in base_model.state_dict().items()} if cfg.interpolate_sweep else {}
 
     def score(model: Any) -> dict[str, float]:
         report = evaluate(ensemble_predictor(model), splits.eval_slices)

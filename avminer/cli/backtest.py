@@ -29,7 +29,8 @@ def register(sub: Any) -> None:
     p.add_argument("--eval-fog", default="0.02,0.05", help="fog densities of eval day copies ('' for none)")
     p.add_argument("--no-eval-night", action="store_true", help="no night copies of the eval day frames")
     p.add_argument("--strategies", default=",".join(_strategies()),
-                   help="comma-separated selection policies (default: all)")
+                   help="comma-separated selection policies (default: all); POLICY-xK runs one at K times the "
+                        "budget, e.g. random-x3")
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per strategy (>= 3 for a claim)")
     p.add_argument("--rounds", type=int, help="rounds (stream segments; default 4)")
     p.add_argument("--budget", type=float, help="labels per round as a fraction of the segment (default 0.03)")
@@ -136,6 +137,13 @@ def print_summary(report: dict[str, Any], say: Any) -> None:
             + (f"with {g['labels_to_reach_random_final']:.0f} labels ({frac:.0%})" if frac is not None
                else "-- random did not improve on the starting model" if not g["random_improved_worst"] else "never")
             + "; beats by > spread, same round: " + ", ".join(f"{b} {sum(v)}/{len(v)}" for b, v in g["beats_by_more_than_spread"].items()))
+        for m in g.get("more_labels", []):
+            say(f"  vs {m['strategy']} (final worst {m['final_worst']:.3f} at {m['final_labels']:.0f} labels): "
+                + (f"reached by {m['reached_by_round_labels']:.0f} labels (at most {m['label_fraction_bound']:.0%} of "
+                   f"its labels; {m['labels_to_reach']:.0f} interpolated from the start)"
+                   if m["label_fraction"] is not None
+                   else "it did not improve on the starting model" if not m["improved_worst"] else "never reached")
+                + ("; ahead at every round" if m["ahead_at_every_round"] else ""))
         day = [d for d in g["day_vs_random"] if d]
         if day:
             say(f"  day vs random ({day[-1]['condition']}): below by " + "  ".join(

@@ -7,7 +7,8 @@
 
 ``--methods`` names report rows (``synth+mix``: self-training through cross-domain ClassMix); the
 self-training flags (``--pseudo-groups``, ``--pseudo-flip``, ``--pseudo-lr-scale``, ``--min-threshold``,
-``--keep``, ``--source-share``, ``--source-bn``) exist to choose settings on ``--validation``.
+``--keep``, ``--source-share``, ``--source-bn``) and ``--synth-keep-clear`` exist to choose settings on
+``--validation``.
 
 ``report --adapt`` without scale flags is the full report (:class:`avminer.evaluation.adaptation.AdaptReportConfig`'s
 defaults, under an hour on two shared cores at one thread); ``--quick`` is the CI scale.
@@ -186,6 +187,9 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source-bn", action="store_true",
                         help="with --adapt: rows without adabn end with the BatchNorm statistics re-estimated on the "
                              "source frames")
+    parser.add_argument("--synth-keep-clear", action="store_true",
+                        help="with --adapt: synth rows train on every rendered frame beside its clear original "
+                             "instead of in its place")
     parser.add_argument("--min-threshold", type=float, metavar="P",
                         help="with --adapt: no pseudo-label below this confidence, whatever the class (default 0)")
     parser.add_argument("--keep", type=float, metavar="Q",
@@ -244,6 +248,8 @@ def run_report(args: argparse.Namespace) -> int:
         overrides["min_threshold"] = args.min_threshold
     if args.source_bn:
         overrides["source_bn"] = True
+    if args.synth_keep_clear:
+        overrides["synth_keep_clear"] = True
     if args.keep is not None:
         overrides["keep"] = args.keep
     overrides["validation"] = args.validation

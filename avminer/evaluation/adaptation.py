@@ -180,6 +180,8 @@ class AdaptReportConfig:
             slices.
         synth_mix: synthetic share per condition in ``synth`` rows (:class:`avminer.trainer.synth.SynthMix`);
             empty: :data:`avminer.trainer.adapt.DEFAULT_SYNTH_MIX`.
+        synth_keep_clear: ``synth`` rows train on each rendered frame beside its clear original
+            (``TrainConfig.synth_keep_clear``).
         pseudo_groups, pseudo_flip: pseudo-labels in IDD's groups, from mirror-averaged probabilities
             (``PseudoConfig.groups`` / ``flip``); None: off in ``pseudo`` rows, :data:`MIX_PSEUDO`'s in ``mix`` rows.
         keep: first-round share of each class's agreeing pixels kept (None: ``PseudoConfig``'s 0.2).
@@ -204,6 +206,7 @@ class AdaptReportConfig:
     interpolate: float = 0.5
     interpolate_sweep: tuple[float, ...] = ()
     synth_mix: dict[str, float] = field(default_factory=dict)
+    synth_keep_clear: bool = False
     pseudo_groups: bool | None = None
     pseudo_flip: bool | None = None
     keep: float | None = None
@@ -359,7 +362,8 @@ def run_adapt_report(cfg: AdaptReportConfig) -> AdaptReport:
             sweep = cfg.interpolate_sweep if averaged else ()
             weight = cfg.interpolate if averaged and not sweep else 1.0
             train = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, seed=seed, threads=cfg.threads, eval_every=10_000,
-                                progress=cfg.progress, coarse_taxonomy=IDD_LEVEL1.name, synth_mix=dict(cfg.synth_mix))
+                                progress=cfg.progress, coarse_taxonomy=IDD_LEVEL1.name, synth_mix=dict(cfg.synth_mix),
+                                synth_keep_clear=cfg.synth_keep_clear)
             acfg = AdaptConfig(methods, train=train, pseudo=pseudo_settings(cfg, "mix" in methods),
                                max_source_frames=cfg.max_source_frames, interpolate=weight,
                                source_bn=cfg.source_bn and "adabn" not in methods)

@@ -74,6 +74,9 @@ class TrainConfig:
     # Share of training frames rendered in each synthetic condition (avminer.trainer.synth), e.g.
     # {"fog": 0.15, "dusk": 0.25}; empty: none. Labels carry over.
     synth_mix: dict[str, float] = field(default_factory=dict)
+    # With synth_mix: a rendered frame is trained on beside its clear original (same batch, the batch grows
+    # by the rendered share) instead of in its place, so the clear frames are seen as often as without it.
+    synth_keep_clear: bool = False
     # Taxonomy of the coarse labels among the training frames (avminer.trainer.coarse), e.g. "idd_level1";
     # "": every label is a CamVid id.
     coarse_taxonomy: str = ""
@@ -439,10 +442,14 @@ class _Loop:
     def load_batch(self, index: NDArray[np.int64], synth_rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """images [B, 3, H, W], labels [B, H, W] on the device: synthetic conditions, then augmentation."""
         if self.synth is not None:
-            rendered, _ = synthesize_batch(self.train.images[index], self.train.labels[index], self.synth, synth_rng,
-                                           styles=self.styles)
+            originals, label_arr = self.train.images[index], self.train.labels[index]
+            rendered, drawn = synthesize_batch(originals, label_arr, self.synth, synth_rng, styles=self.styles)
+            if self.cfg.synth_keep_clear:
+                changed = [i for i, cond in enumerate(drawn) if cond != "clear"]
+                rendered = np.concatenate([originals, rendered[changed]])
+                label_arr = np.concatenate([label_arr, label_arr[changed]])
             images = torch.from_numpy(rendered).permute(0, 3, 1, 2).float().contiguous()
-            labels = torch.from_numpy(self.train.labels[index]).long()
+            labels = torch.from_numpy(label_arr).long()
         else:
             images, labels = to_tensors(self.train, index)  # [B, 3, H, W], [B, H, W]
         if self.cfg.augment:

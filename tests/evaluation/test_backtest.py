@@ -16,6 +16,7 @@ from avminer.evaluation.backtest import (
     _Data,
     _interp_labels_to_reach,
     mine_segment,
+    parse_strategy,
     quick_config,
     resummarise,
     run_backtest,
@@ -66,6 +67,10 @@ def test_quick_backtest_end_to_end(fleet: Path, tmp_path: Path, capsys: pytest.C
     assert {"cambridge_uk/day", "cambridge_uk/dusk", "cambridge_uk/fog0.05", "cambridge_uk/night",
             "india/day"} <= conditions and not any(c.startswith("india/fog") for c in conditions)
     assert "adaptive" in report["goals"]
+    # The report names the versions it was measured under (figures move with them).
+    import torch
+
+    assert report["environment"]["torch"] == torch.__version__ and report["environment"]["numpy"] == np.__version__
     # A resumed backtest with the same settings reuses the finished runs instead of running them again.
     again = run_backtest(cfg, settings, report_only=True)
     assert again["runs"] == report["runs"]
@@ -183,6 +188,46 @@ def test_summary_measures_reach_and_spread() -> None:
     (gap, _) = summarise(days, {"worst_miou_common": 0.05, "worst_condition": "x/dusk"}, {"day": 95, "dusk": 5},
                          cfg)["goals"]["adaptive"]["day_vs_random"]
     assert gap["gap"] == pytest.approx(0.035) and gap["spread"] == pytest.approx(0.02) and not gap["within_spread"]
+
+
+def test_a_baseline_at_a_multiple_of_the_budget_is_measured_against_the_policy() -> None:
+    """``random-x3`` is random mining at three times the budget, through the same miner; the summary says how
+    many labels the policy needs to reach its final figure (the "a third of random's labels" goal, measured)."""
+    assert parse_strategy("mi") == ("mi", 1.0) and parse_strategy("random-x3") == ("random", 3.0)
+    assert parse_strategy("adaptive_mi-x1.5") == ("adaptive_mi", 1.5)
+    for bad in ("randomx3", "random-x", "random-x0", "random-xnan", "nope-x3"):
+        with pytest.raises(DatasetError, match="strategies"):
+            parse_strategy(bad)
+    cfg = quick_config(stream=Path("s"), base=Path("b"), eval_folders=[Path("e")], budget=0.04,
+                       strategies=["random", "full", "random-x3"]).validate()
+    s = run_settings(load_settings(None, environ={}), cfg, "random-x3", seed=1, out=Path("o"))
+    assert (s.selection.policy, s.selection.target_rate, s.selection.seed) == ("random", pytest.approx(0.12), 1)
+    with pytest.raises(DatasetError, match="random-x30 at budget 0.04"):
+        replace(cfg, strategies=["random-x30"]).validate()
+
+    def run(strategy: str, seed: int, worst: list[float], labels: list[int]) -> dict:
+        return {"strategy": strategy, "seed": seed, "rounds": [
+            {"worst": w, "labels_total": n, "worst_condition": "x/dusk", "released": True, "seconds": {"total": 1.0},
+             "bought_by_condition": {"day": 4}, "eval": {"conditions": {"x/dusk": {"miou_common": w}}}}
+            for w, n in zip(worst, labels, strict=True)]}
+
+    runs = [run("random", 0, [0.10, 0.10], [10, 20]), run("full", 0, [0.20, 0.30], [10, 20]),
+            run("random-x3", 0, [0.12, 0.15], [30, 60])]
+    start = {"worst_miou_common": 0.10, "worst_condition": "x/dusk"}
+    goals = summarise(runs, start, {"day": 95, "dusk": 5}, cfg)["goals"]["full"]
+    assert goals["random_improved_worst"] is False and goals["labels_to_reach_random_final"] is None
+    assert list(goals["at_equal_labels"]) == ["random"]  # the same-budget comparisons stay among equals
+    (more,) = goals["more_labels"]
+    # full climbs 0.10 -> 0.20 over its first 10 labels: random-x3's final 0.15 at 5 labels, 1/12 of its 60.
+    assert more["strategy"] == "random-x3" and more["budget_multiple"] == 3.0 and more["final_labels"] == 60
+    assert more["labels_to_reach"] == pytest.approx(5.0) and more["label_fraction"] == pytest.approx(5 / 60)
+    assert more["reached_by_round_labels"] == 10 and more["label_fraction_bound"] == pytest.approx(10 / 60)
+    assert more["ahead_at_every_round"] is True
+    # A richer baseline that never improved on the start: nothing to reach, no fraction claimed.
+    flat = summarise(runs[:2] + [run("random-x3", 0, [0.09, 0.10], [30, 60])], start, {"day": 95, "dusk": 5}, cfg)
+    (none,) = flat["goals"]["full"]["more_labels"]
+    assert none["improved_worst"] is False and none["labels_to_reach"] is None and none["label_fraction"] is None
+    assert none["reached_by_round_labels"] is None and none["label_fraction_bound"] is None
 
 
 def test_bald_baseline_runs_the_torch_engine_with_mc_dropout(fleet: Path, tmp_path: Path) -> None:

@@ -177,10 +177,11 @@ def test_train_report_adapt_takes_a_synthetic_mix_with_appearance(folders, capsy
     cv, idd = folders
     rc = main(["train", "report", "--adapt", "--data", str(cv), "--target-data", str(idd), "--methods", "synth",
                "--synth-mix", "dusk=0.3,appearance=0.3", "--thin", "day=2", "--seeds", "0", "--epochs", "1",
-               "--threads", "1", "--json"])
+               "--threads", "1", "--synth-keep-clear", "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["config"]["synth_mix"] == {"dusk": 0.3, "appearance": 0.3}
+    assert out["config"]["synth_keep_clear"] is True
     assert out["config"]["thin"] == {"india_adapt": 3, "day": 2}  # --thin is merged over the default
     assert out["splits"]["eval:cambridge_uk/day"] == 1
     assert [e["method"] for e in out["summary"]] == ["synth"]

@@ -91,6 +91,36 @@ def test_training_with_a_synthetic_mix_runs_and_learns() -> None:
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
 
 
+def test_keep_clear_trains_on_each_rendered_frame_beside_its_clear_original() -> None:
+    """``synth_keep_clear``: the batch holds every frame as it is, then the rendered copies with their labels."""
+    import torch
+
+    from avminer.trainer.train import DistContext, _Loop
+
+    frames = make_frames(8)
+    model = build_ensemble(erfnet_arch(width=0.25, num_classes=11, members=2), seed=0)
+    index = np.arange(6)
+
+    def batch(keep: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        cfg = TrainConfig(epochs=1, batch_size=6, progress=False, augment=False, synth_mix={"dusk": 0.5},
+                          synth_keep_clear=keep)
+        loop = _Loop(model, frames, cfg, DistContext(), torch.device("cpu"), None)
+        drawn = SynthMix.parse({"dusk": 0.5}).draw(len(index), np.random.default_rng(7))  # what the batch draws
+        images, labels = loop.load_batch(index, np.random.default_rng(7))
+        return images, labels, drawn
+
+    plain, plain_labels, drawn = batch(False)
+    kept, kept_labels, _ = batch(True)
+    changed = [i for i, cond in enumerate(drawn) if cond != "clear"]
+    assert 0 < len(changed) < len(index)
+    assert len(plain) == len(index) and len(kept) == len(index) + len(changed)
+    clear = torch.from_numpy(frames.images[index]).permute(0, 3, 1, 2).float()
+    assert torch.equal(kept[: len(index)], clear)  # every original, untouched
+    assert torch.equal(kept[len(index):], plain[changed])  # then the same renders the plain batch trains on
+    assert not torch.equal(plain[changed], clear[changed])
+    assert torch.equal(kept_labels, torch.cat([plain_labels, plain_labels[changed]]))
+
+
 def test_appearance_draws_stay_within_the_stated_bounds() -> None:
     rng = np.random.default_rng(3)
     looks = [Appearance.draw(rng) for _ in range(500)]

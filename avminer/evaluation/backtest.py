@@ -804,12 +804,13 @@ def _goals(strategies: dict[str, Any], initial: dict[str, Any]) -> dict[str, Any
         for b in richer:
             final = strategies[b]["curve"][-1]
             # As for random's figure: reaching it means something only if that baseline improved on the start.
-            got = _interp_labels_to_reach(labels, worst, final["worst"]) if final["worst"] > start else None
+            improved = final["worst"] > start
+            got = _interp_labels_to_reach(labels, worst, final["worst"]) if improved else None
             # The interpolation assumes a straight line from the start to the first round; the labels of the
             # first round at or above the figure bound it from above, assuming nothing.
             by = next((c["labels"] for c in curve if c["worst"] >= final["worst"]), None) if got is not None else None
             more.append({"strategy": b, "budget_multiple": parse_strategy(b)[1], "final_worst": final["worst"],
-                         "final_labels": final["labels"], "improved_worst": final["worst"] > start,
+                         "final_labels": final["labels"], "improved_worst": improved,
                          "labels_to_reach": got, "reached_by_round_labels": by,
                          "label_fraction": got / final["labels"] if got is not None and final["labels"] else None,
                          "label_fraction_bound": by / final["labels"] if by is not None and final["labels"] else None,

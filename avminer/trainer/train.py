@@ -443,12 +443,12 @@ class _Loop:
         """images [B, 3, H, W], labels [B, H, W] on the device: synthetic conditions, then augmentation."""
         if self.synth is not None:
             originals, label_arr = self.train.images[index], self.train.labels[index]
-            rendered, drawn = synthesize_batch(originals, label_arr, self.synth, synth_rng, styles=self.styles)
-            if self.cfg.synth_keep_clear:
+            batch, drawn = synthesize_batch(originals, label_arr, self.synth, synth_rng, styles=self.styles)
+            if self.cfg.synth_keep_clear:  # the originals, then the renders of the frames drawn a condition
                 changed = [i for i, cond in enumerate(drawn) if cond != "clear"]
-                rendered = np.concatenate([originals, rendered[changed]])
+                batch = np.concatenate([originals, batch[changed]])
                 label_arr = np.concatenate([label_arr, label_arr[changed]])
-            images = torch.from_numpy(rendered).permute(0, 3, 1, 2).float().contiguous()
+            images = torch.from_numpy(batch).permute(0, 3, 1, 2).float().contiguous()
             labels = torch.from_numpy(label_arr).long()
         else:
             images, labels = to_tensors(self.train, index)  # [B, 3, H, W], [B, H, W]
